@@ -39,14 +39,27 @@ pub struct Policy {
     pub cache_ttl: Duration,
 }
 
+impl Policy {
+    /// Default soft seal budget: 2^22.
+    pub const DEFAULT_ROTATE_AFTER_SEALS: u64 = 1 << 22;
+    /// Default hard seal budget: 2^24 (collision odds of random nonces below 2^-48).
+    pub const DEFAULT_MAX_SEALS: u64 = 1 << 24;
+    /// Default soft age limit: 7 days.
+    pub const DEFAULT_MAX_AGE_SECS: u32 = 7 * 24 * 3600;
+    /// Default number of cached non-current KEKs.
+    pub const DEFAULT_CACHE_SIZE: usize = 4096;
+    /// Default life of a cached KEK: 24 hours.
+    pub const DEFAULT_CACHE_TTL_SECS: u32 = 24 * 3600;
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            rotate_after_seals: 1 << 22,
-            max_seals: 1 << 24,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            cache_size: 4096,
-            cache_ttl: Duration::from_secs(24 * 3600),
+            rotate_after_seals: Self::DEFAULT_ROTATE_AFTER_SEALS,
+            max_seals: Self::DEFAULT_MAX_SEALS,
+            max_age: Duration::from_secs(u64::from(Self::DEFAULT_MAX_AGE_SECS)),
+            cache_size: Self::DEFAULT_CACHE_SIZE,
+            cache_ttl: Duration::from_secs(u64::from(Self::DEFAULT_CACHE_TTL_SECS)),
         }
     }
 }

@@ -1,0 +1,234 @@
+"""The Rust core of kmsplug (crate ``kmsplug-py`` over ``kmsplug-core``).
+
+AES-256-GCM, the ciphertext format v1 (``rust/kmsplug-core/FORMAT.md``), the local root
+key file and the local-KEK keyring. Key material never comes back to Python: there are no
+getters for it, reprs never show it, and the classes that hold it cannot be pickled.
+
+Byte inputs accept ``bytes`` or ``bytearray``. Errors are the classes of
+``kmsplug.errors``: ``InvalidCiphertext`` (anything malformed, tampered or foreign,
+deliberately detail-free), ``UnknownKeyId``, ``KekNotCached``, ``PlaintextTooLarge``,
+``NeedsRotation``, ``KeyFileError``; an argument out of range raises ``ValueError``.
+"""
+
+from os import PathLike
+from typing import Final, final
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_ANNOTATIONS_BYTES",
+    "MAX_KEY_ID",
+    "MAX_PLAINTEXT",
+    "V1_MAX_CIPHERTEXT",
+    "V2_MAX_CIPHERTEXT",
+    "Keyring",
+    "RootKey",
+    "__version__",
+    "build_profile",
+    "is_fqdn",
+    "peek",
+]
+
+__version__: Final[str]
+"""The version of the Rust crates (Cargo ``version``)."""
+
+build_profile: Final[str]
+"""``"release"`` or ``"debug"``: how the extension was compiled."""
+
+V2_MAX_CIPHERTEXT: Final[int]
+"""KMS v2: the largest ``EncryptResponse.ciphertext`` the apiserver accepts (1024)."""
+
+V1_MAX_CIPHERTEXT: Final[int]
+"""KMS v1: the largest ciphertext the apiserver accepts (65535)."""
+
+MAX_KEY_ID: Final[int]
+"""KMS v2: the largest ``key_id`` in bytes the apiserver accepts (1024)."""
+
+MAX_ANNOTATIONS_BYTES: Final[int]
+"""KMS v2: the largest sum of ``len(key) + len(value)`` over all annotations (32768)."""
+
+MAX_PLAINTEXT: Final[int]
+"""The largest plaintext (DEK or seed) kmsplug seals (512); larger is PlaintextTooLarge."""
+
+FORMAT_VERSION: Final[int]
+"""The ciphertext format version written and read (1)."""
+
+def peek(ciphertext: bytes | bytearray) -> tuple[int, str, bytes]:
+    """Parse a ciphertext's header, for routing: ``(mode, key_id, wrapped)``.
+
+    ``mode`` is 1 (hierarchy: ``wrapped`` is the wrapped local KEK) or 2 (direct:
+    ``wrapped`` is the provider's wrapped DEK). The whole structure is validated, so a
+    successful peek means a well-formed envelope; nothing is decrypted.
+
+    Raises:
+        InvalidCiphertext: the bytes are not a kmsplug format-v1 envelope.
+    """
+
+def is_fqdn(name: str) -> bool:
+    """Whether ``name`` passes Kubernetes' ``IsFullyQualifiedDomainName``.
+
+    That is the check on KMS v2 annotation keys: lowercase RFC 1123 labels joined by
+    ``.``, at least two labels, each at most 63 characters, at most 253 in all; one
+    trailing ``.`` is allowed and ignored.
+    """
+
+@final
+class RootKey:
+    """The local root key: 32 random bytes in a key file, used only inside Rust.
+
+    It wraps local KEKs (hierarchy mode, through ``Keyring.rotate_local`` and
+    ``Keyring.unwrap_local``) and seals DEKs itself (direct mode).
+    """
+
+    @staticmethod
+    def from_file(path: str | PathLike[str]) -> RootKey:
+        """Read a key file.
+
+        Raises:
+            KeyFileError: the file is missing or unreadable, is not a regular file, does
+                not hold exactly 32 raw bytes, or is accessible to group or others
+                (mode & 0o077 != 0). The message names the path, never the content.
+        """
+
+    @staticmethod
+    def create_file(path: str | PathLike[str]) -> RootKey:
+        """Create a key file of 32 random bytes with mode 0600, fsync it, and return it.
+
+        Raises:
+            KeyFileError: the path exists (it is never overwritten) or cannot be written.
+        """
+
+    @property
+    def key_id(self) -> str:
+        """``"local-"`` + 32 hex digits derived from the key: public, new for every key."""
+
+    def seal_direct(self, plaintext: bytes | bytearray) -> bytes:
+        """Seal a DEK under the root key itself: a mode-2 envelope, self-describing.
+
+        Raises:
+            PlaintextTooLarge: more than ``MAX_PLAINTEXT`` bytes.
+            ValueError: the plaintext is empty.
+        """
+
+    def open_direct(self, ciphertext: bytes | bytearray) -> bytes:
+        """Open what ``seal_direct`` made.
+
+        Raises:
+            InvalidCiphertext: malformed, tampered, or not a mode-2 envelope.
+            UnknownKeyId: the envelope names another key.
+        """
+
+@final
+class Keyring:
+    """The local-KEK hierarchy: one current local KEK seals DEKs; retired KEKs and KEKs
+    loaded from a provider wait in a bounded cache (least recently used evicted first,
+    entries expire ``cache_ttl_seconds`` after they were cached) to open what they sealed.
+
+    Thread-safe: every call takes one short lock. Sealing needs a current KEK: call
+    ``rotate_local`` or ``install_current`` first.
+
+    Rotation policy: past ``rotate_after_seals`` seals or ``max_age_seconds``,
+    ``needs_rotation()`` is true and the KEK still seals; at ``max_seals`` seals, or at
+    twice ``max_age_seconds``, sealing raises ``NeedsRotation``.
+    """
+
+    def __new__(
+        cls,
+        *,
+        rotate_after_seals: int = 4194304,
+        max_seals: int = 16777216,
+        max_age_seconds: float = 604800.0,
+        cache_size: int = 4096,
+        cache_ttl_seconds: float = 86400.0,
+    ) -> Keyring:
+        """Make an empty keyring.
+
+        Raises:
+            ValueError: ``rotate_after_seals`` < 1, ``max_seals`` < ``rotate_after_seals``
+                or > 2**32, ``cache_size`` < 1, or a duration that is not > 0.
+        """
+
+    @property
+    def current_key_id(self) -> str | None:
+        """The key_id stamped on what ``seal`` returns now, or None before the first KEK."""
+
+    def rotate_local(self, root: RootKey) -> None:
+        """Make a fresh random local KEK, wrapped by ``root``, current (all in Rust).
+
+        The previous current KEK moves into the cache, so what it sealed keeps opening.
+        """
+
+    def install_current(self, key_id: str, wrapped: bytes | bytearray, kek: bytearray) -> None:
+        """Make a local KEK that a remote provider wrapped current.
+
+        ``key_id`` names the provider key (1..255 bytes), ``wrapped`` is the provider's
+        output (1..1024 bytes), ``kek`` the 32 plaintext bytes. ``kek`` is zeroed in place
+        after it is copied, whether or not the call succeeds.
+
+        Raises:
+            ValueError: an argument is out of range.
+            TypeError: ``kek`` is not a ``bytearray``.
+        """
+
+    def cache_kek(self, key_id: str, wrapped: bytes | bytearray, kek: bytearray) -> None:
+        """Cache a local KEK that a remote provider unwrapped (after ``KekNotCached``).
+
+        Same arguments and zeroing of ``kek`` as ``install_current``.
+        """
+
+    def seal(self, plaintext: bytes | bytearray) -> bytes:
+        """Seal a DEK under the current local KEK (a mode-1 envelope).
+
+        Raises:
+            NeedsRotation: no current KEK, or its hard seal budget or age is spent.
+            PlaintextTooLarge: more than ``MAX_PLAINTEXT`` bytes.
+            ValueError: the plaintext is empty.
+        """
+
+    def open(self, ciphertext: bytes | bytearray, expected_key_id: str | None = None) -> bytes:
+        """Open a mode-1 envelope with the current or a cached KEK.
+
+        Raises:
+            InvalidCiphertext: malformed, tampered, foreign, or a mode-2 envelope.
+            UnknownKeyId: ``expected_key_id`` is given and differs from the envelope's.
+            KekNotCached: the KEK is not loaded; load it (``unwrap_local`` or
+                ``cache_kek``) and retry.
+        """
+
+    def unwrap_local(self, root: RootKey, ciphertext: bytes | bytearray) -> None:
+        """Unwrap with ``root`` the local KEK that ``ciphertext`` names, and cache it.
+
+        Raises:
+            UnknownKeyId: another key wrapped that KEK.
+            InvalidCiphertext: malformed, a mode-2 envelope, or the KEK does not unwrap.
+        """
+
+    def needs_rotation(self) -> bool:
+        """True when there is no current KEK or its soft seal budget or age is reached."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics.
+
+        Keys: ``seals`` (on the current KEK), ``cache_len`` (non-current KEKs cached),
+        ``cache_hits`` (opens that found their KEK), ``cache_misses`` (``KekNotCached``
+        answers), ``rotations`` (KEKs made current), ``current_age_seconds``.
+        """
+
+    def seal_batch(self, plaintexts: list[bytes]) -> list[bytes]:
+        """Seal many DEKs under one lock and one budget check: all are sealed or none.
+
+        Raises the errors of ``seal``; the GIL is released for batches of more than 64.
+        """
+
+    def open_batch(
+        self,
+        ciphertexts: list[bytes],
+        expected_key_ids: list[str | None] | None = None,
+    ) -> list[bytes | Exception]:
+        """Open many ciphertexts under one lock.
+
+        Each item is its plaintext or the exception ``open`` would have raised (returned,
+        not raised). The GIL is released for batches of more than 64.
+
+        Raises:
+            ValueError: ``expected_key_ids`` is not as long as ``ciphertexts``.
+        """

@@ -1,0 +1,72 @@
+//! `kmsplug._kmsplug`: the Python face of kmsplug-core.
+//!
+//! This crate only converts types and errors; all logic lives in `kmsplug-core`. Key
+//! material never crosses into Python: there are no getters for it, no reprs that show
+//! it, and the classes that hold it refuse to be pickled.
+#![deny(unsafe_code)]
+// PyO3 hands arguments over by value (it extracts owned values from Python objects).
+#![allow(clippy::needless_pass_by_value)]
+
+mod errors;
+mod keyring;
+mod root;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// Parse a ciphertext's header for routing: `(mode, key_id, wrapped)`.
+#[pyfunction]
+fn peek(
+    py: Python<'_>,
+    ciphertext: pyo3::pybacked::PyBackedBytes,
+) -> PyResult<(u8, String, Bound<'_, PyBytes>)> {
+    let (mode, key_id, wrapped) = kmsplug_core::peek(&ciphertext).map_err(errors::to_py)?;
+    Ok((mode as u8, key_id.to_owned(), PyBytes::new(py, wrapped)))
+}
+
+/// Whether `name` passes Kubernetes' `IsFullyQualifiedDomainName` (annotation keys).
+#[pyfunction]
+fn is_fqdn(name: &str) -> bool {
+    kmsplug_core::is_fqdn(name)
+}
+
+#[pymodule(gil_used = false)]
+mod _kmsplug {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use super::is_fqdn;
+    #[pymodule_export]
+    use super::keyring::PyKeyring;
+    #[pymodule_export]
+    use super::peek;
+    #[pymodule_export]
+    use super::root::PyRootKey;
+
+    #[pymodule_export]
+    const V2_MAX_CIPHERTEXT: usize = kmsplug_core::V2_MAX_CIPHERTEXT;
+    #[pymodule_export]
+    const V1_MAX_CIPHERTEXT: usize = kmsplug_core::V1_MAX_CIPHERTEXT;
+    #[pymodule_export]
+    const MAX_KEY_ID: usize = kmsplug_core::MAX_KEY_ID;
+    #[pymodule_export]
+    const MAX_ANNOTATIONS_BYTES: usize = kmsplug_core::MAX_ANNOTATIONS_BYTES;
+    #[pymodule_export]
+    const MAX_PLAINTEXT: usize = kmsplug_core::MAX_PLAINTEXT;
+    #[pymodule_export]
+    const FORMAT_VERSION: u8 = kmsplug_core::FORMAT_VERSION;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add(
+            "build_profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        )?;
+        Ok(())
+    }
+}
