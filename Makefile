@@ -1,0 +1,70 @@
+# kmsplug developer interface. `make run` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN_DIR := .run
+PROTO_OUT := python/kmsplug/_proto
+PROTOS := proto/v1beta1/api.proto proto/v2/api.proto proto/v2/encrypted_object.proto
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv with pinned tools
+
+$(PROTO_OUT)/.stamp: $(PROTOS) $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -Ikmsplug/_proto=proto --python_out=python --pyi_out=python \
+		--grpc_python_out=python $(PROTOS)
+	touch $@
+
+.PHONY: proto
+proto: $(PROTO_OUT)/.stamp ## Generate the protobuf/gRPC modules
+
+.PHONY: build
+build: $(VENV)/.installed proto ## Build the Rust extension into .venv (release)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+
+.PHONY: run
+run: build ## Serve on the embedded local key (socket and key under .run/)
+	mkdir -p $(RUN_DIR)
+	$(VENV)/bin/kmsplug serve --socket unix://$(abspath $(RUN_DIR))/kmsplug.sock \
+		--key-file $(abspath $(RUN_DIR))/local.key
+
+.PHONY: test
+test: build ## Build, then run every test (Rust and Python)
+	cargo test --workspace --release --quiet
+	$(PY) -m pytest tests
+
+.PHONY: lint
+lint: build ## ruff, mypy, cargo fmt, clippy
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --release -- -D warnings
+
+.PHONY: format
+format: $(VENV)/.installed ## Apply ruff format and cargo fmt
+	$(VENV)/bin/ruff format python tests benches
+	$(VENV)/bin/ruff check --fix python tests benches
+	cargo fmt --all
+
+.PHONY: bench
+bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
+	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:cacheprovider
+	$(PY) benches/server_throughput.py
+
+.PHONY: clean
+clean: ## Remove build outputs (keeps .venv)
+	cargo clean
+	rm -rf $(PROTO_OUT)/v1beta1 $(PROTO_OUT)/v2 $(PROTO_OUT)/.stamp .pytest_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules (built by `make proto`; do not edit)."""

@@ -1,0 +1,438 @@
+"""The `kmsplug` command: serve, health, config.
+
+Every flag has an environment-variable twin (shown in --help), so a static-pod manifest
+can configure kmsplug either way.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import click
+
+from kmsplug import __version__
+from kmsplug.endpoint import Endpoint
+from kmsplug.errors import ConfigError, KmsplugError
+
+DEFAULT_SOCKET = "unix:///var/run/kmsplugin/socket.sock"
+DEFAULT_KEY_FILE = "/var/lib/kmsplug/local.key"
+
+
+def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str) -> Endpoint:
+    try:
+        return Endpoint.parse(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _octal(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an octal file mode") from None
+    if not 0 <= mode <= 0o777:
+        raise click.BadParameter(f"{value!r} is not a file mode")
+    return mode
+
+
+socket_option = click.option(
+    "--socket",
+    "endpoint",
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    envvar="KMSPLUG_SOCKET",
+    show_envvar=True,
+    callback=_endpoint,
+    help="unix:///path or unix:///@abstract-name (a bare /path works too).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kmsplug")
+def main() -> None:
+    """kmsplug: a Kubernetes KMS plugin (KMS v1beta1 and v2 on one socket)."""
+
+
+@main.command()
+@socket_option
+@click.option(
+    "--key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_KEY_FILE,
+    show_default=True,
+    envvar="KMSPLUG_KEY_FILE",
+    show_envvar=True,
+    help="Local KEK: 32 raw bytes, mode 0600; created on first start if absent.",
+)
+@click.option(
+    "--decrypt-key-file",
+    "decrypt_key_files",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    multiple=True,
+    envvar="KMSPLUG_DECRYPT_KEY_FILES",
+    show_envvar=True,
+    help="Older key files that stay readable after a rotation (repeatable).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["hierarchy", "direct"]),
+    default="hierarchy",
+    show_default=True,
+    envvar="KMSPLUG_MODE",
+    show_envvar=True,
+    help="hierarchy: DEKs sealed under a local KEK wrapped once by the provider; "
+    "direct: every DEK wrapped by the provider.",
+)
+@click.option(
+    "--v2-status-version",
+    type=click.Choice(["v2", "v2beta1"]),
+    default="v2",
+    show_default=True,
+    envvar="KMSPLUG_V2_STATUS_VERSION",
+    show_envvar=True,
+    help="v2 for Kubernetes 1.29+, v2beta1 for 1.27/1.28 apiservers.",
+)
+@click.option(
+    "--enable-v1/--disable-v1",
+    default=True,
+    show_default=True,
+    envvar="KMSPLUG_ENABLE_V1",
+    show_envvar=True,
+    help="Also serve the deprecated KMS v1beta1 API on the same socket.",
+)
+@click.option(
+    "--socket-mode",
+    default="0600",
+    show_default=True,
+    envvar="KMSPLUG_SOCKET_MODE",
+    show_envvar=True,
+    callback=_octal,
+    help="File mode of the socket.",
+)
+@click.option(
+    "--grace-period",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    envvar="KMSPLUG_GRACE_PERIOD",
+    show_envvar=True,
+    help="Seconds to let calls in flight finish after SIGTERM.",
+)
+@click.option(
+    "--provider-name",
+    default="kmsplug",
+    show_default=True,
+    envvar="KMSPLUG_PROVIDER_NAME",
+    show_envvar=True,
+    help="Provider name used in the printed EncryptionConfiguration.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    envvar="KMSPLUG_LOG_LEVEL",
+    show_envvar=True,
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="KMSPLUG_LOG_FORMAT",
+    show_envvar=True,
+)
+@click.option(
+    "--event-loop",
+    type=click.Choice(["uvloop", "asyncio"]),
+    default="uvloop",
+    show_default=True,
+    envvar="KMSPLUG_EVENT_LOOP",
+    show_envvar=True,
+    help="uvloop costs ~15% less CPU per call than the default asyncio loop.",
+)
+def serve(
+    endpoint: Endpoint,
+    key_file: Path,
+    decrypt_key_files: tuple[Path, ...],
+    mode: str,
+    v2_status_version: str,
+    enable_v1: bool,
+    socket_mode: int,
+    grace_period: float,
+    provider_name: str,
+    log_level: str,
+    log_format: str,
+    event_loop: str,
+) -> None:
+    """Serve the plugin (default: the embedded local key, no flags needed)."""
+    from kmsplug import log
+    from kmsplug.app import build_service, print_ready
+    from kmsplug.server import ServerSettings, serve
+
+    log.setup(log_level, log_format)
+    settings = ServerSettings(
+        endpoint=endpoint,
+        socket_mode=socket_mode,
+        grace_period=grace_period,
+        v2_status_version=v2_status_version,
+        enable_v1=enable_v1,
+    )
+    try:
+        service = build_service(
+            key_file=key_file, decrypt_key_files=decrypt_key_files, hierarchy=mode == "hierarchy"
+        )
+        anyio.run(
+            lambda: serve(
+                service,
+                settings,
+                on_ready=lambda: print_ready(settings, provider_name, service),
+            ),
+            backend="asyncio",
+            backend_options={"use_uvloop": event_loop == "uvloop"},
+        )
+    except KmsplugError as exc:
+        click.echo(f"kmsplug: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@socket_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    envvar="KMSPLUG_HEALTH_TIMEOUT",
+    show_envvar=True,
+    help="Seconds to wait for the plugin.",
+)
+def health(endpoint: Endpoint, timeout: float) -> None:
+    """Exit 0 only if the plugin on the socket answers healthy (a liveness probe)."""
+    from kmsplug.client import check_health
+
+    try:
+        healthy, detail = anyio.run(check_health, endpoint, timeout)
+    except Exception as exc:  # any failure to ask is unhealthy
+        healthy, detail = False, f"{type(exc).__name__}"
+    click.echo(detail, err=not healthy)
+    sys.exit(0 if healthy else 1)
+
+
+@main.command()
+@socket_option
+@click.option(
+    "--api",
+    type=click.Choice(["v2", "v1", "both"]),
+    default="v2",
+    show_default=True,
+    envvar="KMSPLUG_CONFIG_API",
+    show_envvar=True,
+    help="KMS API version of the provider entry (both: a v2 and a v1 provider).",
+)
+@click.option(
+    "--name",
+    default="kmsplug",
+    show_default=True,
+    envvar="KMSPLUG_PROVIDER_NAME",
+    show_envvar=True,
+    help="Provider name; it becomes part of every stored value's prefix.",
+)
+@click.option(
+    "--timeout",
+    default="3s",
+    show_default=True,
+    envvar="KMSPLUG_CONFIG_TIMEOUT",
+    show_envvar=True,
+    help="Per-call deadline the apiserver uses.",
+)
+@click.option(
+    "--resource",
+    "resources",
+    multiple=True,
+    default=("secrets",),
+    show_default=True,
+    help="Resources to encrypt (repeatable).",
+)
+@click.option(
+    "--cachesize", type=int, default=None, help="v1 only: the apiserver's DEK cache size."
+)
+@click.option(
+    "--identity-fallback/--no-identity-fallback",
+    default=True,
+    show_default=True,
+    help="List identity last, so data written before encryption stays readable.",
+)
+def config(
+    endpoint: Endpoint,
+    api: str,
+    name: str,
+    timeout: str,
+    resources: tuple[str, ...],
+    cachesize: int | None,
+    identity_fallback: bool,
+) -> None:
+    """Print an EncryptionConfiguration for kube-apiserver that uses this plugin."""
+    from kmsplug.encryption_config import encryption_configuration, to_yaml
+
+    try:
+        document = encryption_configuration(
+            endpoint,
+            api=api,
+            name=name,
+            timeout=timeout,
+            resources=resources,
+            cachesize=cachesize,
+            identity_fallback=identity_fallback,
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(to_yaml(document), nl=False)
+
+
+@main.command()
+@click.option(
+    "--etcd",
+    "etcd_url",
+    required=True,
+    envvar="KMSPLUG_ETCD",
+    show_envvar=True,
+    help="etcd client URL, e.g. http://127.0.0.1:2379 (read-only use).",
+)
+@click.option(
+    "--prefix", default="/registry", show_default=True, help="kube-apiserver etcd prefix."
+)
+@click.option(
+    "--resource",
+    "resources",
+    multiple=True,
+    default=("secrets",),
+    show_default=True,
+    help="Resources to check, as stored: secrets, configmaps, apps/deployments (repeatable).",
+)
+@click.option(
+    "--expect",
+    "kinds",
+    multiple=True,
+    default=("kms-v2", "kms-v1"),
+    show_default=True,
+    type=click.Choice(["kms-v2", "kms-v1", "aesgcm", "aescbc", "secretbox", "identity"]),
+    help="Storage every value must have (repeatable).",
+)
+@click.option("--expect-provider", default="", help="Provider name every value must carry.")
+@click.option("--expect-key-id", default="", help="KMS key_id every value must carry.")
+@click.option("--cacert", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(
+    etcd_url: str,
+    prefix: str,
+    resources: tuple[str, ...],
+    kinds: tuple[str, ...],
+    expect_provider: str,
+    expect_key_id: str,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
+    as_json: bool,
+) -> None:
+    """Report how stored objects are encrypted; exit 1 if any is not as expected."""
+    import json
+
+    from kmsplug.cluster.etcd import EtcdReader, EtcdTls
+    from kmsplug.cluster.verify import Expectation, verify_etcd
+
+    reader = EtcdReader(etcd_url, tls=EtcdTls(cacert, cert, key))
+    expect = Expectation(kinds, expect_provider, expect_key_id)
+    try:
+        report = verify_etcd(reader, prefix=prefix, resources=resources, expect=expect)
+    except OSError as exc:
+        click.echo(f"kmsplug: cannot read etcd at {etcd_url}: {exc}", err=True)
+        sys.exit(2)
+    if as_json:
+        document = {
+            "ok": report.ok,
+            "total": report.total,
+            "stored": report.rows(),
+            "unexpected": [
+                {"key": k, "kind": s.kind, "provider": s.provider, "key_id": s.key_id}
+                for k, s in report.unexpected
+            ],
+        }
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(report.table())
+        for k, s in report.unexpected[:20]:
+            click.echo(f"  unexpected: {k} stored as {s.kind} {s.provider} {s.key_id}".rstrip())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.option(
+    "--kubeconfig",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    envvar="KUBECONFIG",
+    show_envvar=True,
+    help="kubeconfig of a user allowed to get, list and update the resources.",
+)
+@click.option(
+    "--resource",
+    "resources",
+    multiple=True,
+    default=("secrets",),
+    show_default=True,
+    help="secrets, configmaps or <plural>.<group> (repeatable).",
+)
+@click.option("--page-size", type=click.IntRange(1, 5000), default=500, show_default=True)
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where progress is saved; a second run with the same file resumes.",
+)
+@click.option("--dry-run", is_flag=True, help="Send every write as a server-side dry run.")
+def migrate(
+    kubeconfig: str | None,
+    resources: tuple[str, ...],
+    page_size: int,
+    state_file: Path | None,
+    dry_run: bool,
+) -> None:
+    """Rewrite objects so they are stored with the current provider and key_id."""
+    from tqdm import tqdm
+
+    from kmsplug.cluster.migrate import MigrationState, Migrator
+
+    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+
+    def progress(resource: str, done: int, total: int | None) -> None:
+        bar = bars.setdefault(resource, tqdm(desc=resource, unit="obj", total=total, leave=True))
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    state = MigrationState.load(state_file)
+    migrator = Migrator(
+        kubeconfig, page_size=page_size, dry_run=dry_run, state=state, on_progress=progress
+    )
+    failed = False
+    for resource in resources:
+        try:
+            result = migrator.migrate(resource)
+        except Exception as exc:  # report and go on with the next resource
+            failed = True
+            click.echo(f"{resource}: failed: {type(exc).__name__}: {exc}", err=True)
+            continue
+        finally:
+            if resource in bars:
+                bars[resource].close()
+        verb = "would rewrite" if dry_run else "rewrote"
+        click.echo(
+            f"{resource}: {verb} {result.rewritten}, resumed past {result.skipped}, "
+            f"deleted meanwhile {result.gone}, conflicts retried {result.conflicts}"
+        )
+    sys.exit(1 if failed else 0)

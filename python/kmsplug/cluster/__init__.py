@@ -1,0 +1,1 @@
+"""Cluster tools: inspect what etcd stores (verify) and rewrite it (migrate)."""

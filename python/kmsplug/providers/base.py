@@ -1,0 +1,75 @@
+"""The interface every KEK provider implements.
+
+A provider owns one remote key (a cloud CMK, a Transit key, an HSM key, or the local key
+file). The envelope layer asks it for exactly four things: its key_id, wrap, unwrap, and
+a health check. Providers know nothing of gRPC or of the apiserver.
+
+The hierarchy hooks (`new_local_kek`, `load_local_kek`) have generic implementations in
+terms of wrap/unwrap, through which a fresh local KEK passes Python memory once per
+rotation (and once per cold unwrap). A provider whose key is reachable from Rust (the
+local key file) overrides them so that no KEK byte ever reaches Python.
+"""
+
+from __future__ import annotations
+
+import secrets
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+from kmsplug.envelope import peek
+
+if TYPE_CHECKING:
+    from kmsplug._kmsplug import Keyring
+
+
+class RemoteKek(ABC):
+    """A key-encryption key held by a KMS, HSM or key file."""
+
+    #: A short stable name of the provider kind, for logs and metrics ("local", "alibaba", ...).
+    kind: str = "remote"
+
+    @property
+    @abstractmethod
+    def key_id(self) -> str:
+        """The current key's identity: public, non-empty, at most 255 bytes, never reused."""
+
+    def owns(self, key_id: str) -> bool:
+        """Whether a ciphertext stamped with `key_id` was wrapped by this provider's key."""
+        return key_id == self.key_id
+
+    @abstractmethod
+    async def wrap(self, plaintext: bytes) -> bytes:
+        """Encrypt a small secret under the KEK.
+
+        In direct mode the result is the ciphertext handed to the apiserver, so it must be
+        self-describing: `unwrap` gets nothing else back.
+        """
+
+    @abstractmethod
+    async def unwrap(self, wrapped: bytes) -> bytes:
+        """Invert `wrap`; raise InvalidCiphertext if the blob is not ours or was altered."""
+
+    @abstractmethod
+    async def health(self) -> None:
+        """Raise if the KEK cannot be used right now (unreachable, disabled, refused)."""
+
+    async def new_local_kek(self, keyring: Keyring) -> None:
+        """Make a fresh local KEK, wrap it under this KEK and make it the keyring's current."""
+        kek = bytearray(secrets.token_bytes(32))
+        try:
+            wrapped = await self.wrap(bytes(kek))
+            keyring.install_current(self.key_id, wrapped, kek)
+        finally:
+            kek[:] = bytes(len(kek))
+
+    async def load_local_kek(self, keyring: Keyring, ciphertext: bytes) -> None:
+        """Unwrap the local KEK that sealed `ciphertext` and add it to the keyring's cache."""
+        _, key_id, wrapped = peek(ciphertext)
+        kek = bytearray(await self.unwrap(wrapped))
+        try:
+            keyring.cache_kek(key_id, wrapped, kek)
+        finally:
+            kek[:] = bytes(len(kek))
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
+        """Release connections and other resources."""

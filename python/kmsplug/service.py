@@ -1,0 +1,121 @@
+"""The KMS service on plain Python types: what both API versions ask of the plugin.
+
+Nothing here knows protobuf or gRPC; the servicers translate. Status answers from state
+kept by a background prober, so the apiserver's constant polling costs no remote call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import anyio
+
+from kmsplug.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+HEALTHY = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptResult:
+    ciphertext: bytes
+    key_id: str
+    annotations: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusResult:
+    healthz: str
+    """"ok" when healthy; otherwise a short reason, safe to show (no secrets)."""
+    key_id: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.healthz == HEALTHY
+
+
+@dataclass(slots=True)
+class HealthState:
+    """The last verdict of the background prober."""
+
+    healthz: str = "starting"
+    checked_at: float = 0.0
+    consecutive_failures: int = 0
+
+
+class KeyService:
+    """encrypt / decrypt / status for any API version, on top of an Envelope."""
+
+    def __init__(
+        self,
+        envelope: Envelope,
+        *,
+        probe_interval: float = 30.0,
+        probe_timeout: float = 2.5,
+        maintenance_interval: float = 5.0,
+    ) -> None:
+        self.envelope = envelope
+        self.health = HealthState()
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._maintenance_interval = maintenance_interval
+
+    async def encrypt(self, plaintext: bytes) -> EncryptResult:
+        ciphertext, key_id = await self.envelope.seal(plaintext)
+        return EncryptResult(ciphertext, key_id)
+
+    async def decrypt(
+        self,
+        ciphertext: bytes,
+        key_id: str | None = None,
+        annotations: Mapping[str, bytes] | None = None,
+    ) -> bytes:
+        del annotations  # kmsplug ciphertexts describe themselves
+        return await self.envelope.open(ciphertext, key_id)
+
+    def status(self) -> StatusResult:
+        return StatusResult(self.health.healthz, self.envelope.key_id)
+
+    async def start(self) -> None:
+        """Make the first local KEK and the first health verdict before serving."""
+        await self.envelope.start()
+        await self.probe()
+
+    async def probe(self) -> None:
+        """Check the write provider once and record the verdict."""
+        state = self.health
+        try:
+            with anyio.fail_after(self._probe_timeout):
+                await self.envelope.writer.health()
+        except Exception as exc:  # any failure makes the verdict unhealthy
+            state.consecutive_failures += 1
+            state.healthz = f"{self.envelope.writer.kind} KEK unavailable: {type(exc).__name__}"
+            log.warning("health probe failed", extra={"error": type(exc).__name__})
+        else:
+            state.consecutive_failures = 0
+            state.healthz = HEALTHY
+        state.checked_at = time.monotonic()
+
+    async def run_background(self) -> None:
+        """Probe health and rotate local KEKs on schedule, until cancelled."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._probe_forever)
+            tasks.start_soon(self._maintain_forever)
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await anyio.sleep(self._probe_interval)
+            await self.probe()
+
+    async def _maintain_forever(self) -> None:
+        while True:
+            await anyio.sleep(self._maintenance_interval)
+            if self.envelope.needs_rotation():
+                try:
+                    await self.envelope.rotate()
+                except Exception as exc:  # retried on the next tick; seals go on meanwhile
+                    log.warning("local KEK rotation failed", extra={"error": type(exc).__name__})

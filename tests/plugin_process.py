@@ -1,0 +1,82 @@
+"""Run a real `kmsplug serve` process on a temporary socket, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kmsplug.endpoint import Endpoint
+from kmsplug.sockets import is_live
+
+
+@dataclass
+class PluginProcess:
+    """One `kmsplug serve` child process; `stop()` ends it by its PID only."""
+
+    endpoint: Endpoint
+    key_file: Path
+    args: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> PluginProcess:
+        command = [
+            sys.executable,
+            "-m",
+            "kmsplug",
+            "serve",
+            "--socket",
+            self.endpoint.url,
+            "--key-file",
+            str(self.key_file),
+            *self.args,
+        ]
+        log_path = self.log_path or self.key_file.with_suffix(".log")
+        self.log_path = log_path
+        log = log_path.open("ab")
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kmsplug exited with {self.proc.returncode}:\n{self.log()}")
+            if is_live(self.endpoint) and "serving on" in self.log():
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise TimeoutError(f"kmsplug did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,174 @@
+"""The envelope layer with a remote-style provider: real AES-GCM, counted remote calls."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import anyio
+import anyio.lowlevel
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kmsplug.envelope import Envelope, RotationPolicy
+from kmsplug.errors import InvalidCiphertext, ProviderUnavailable, UnknownKeyId
+from kmsplug.providers.base import RemoteKek
+from kmsplug.service import KeyService
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingKek(RemoteKek):
+    """A stand-in remote KMS: real AES-256-GCM, call counters, optional latency and outage."""
+
+    kind = "test"
+
+    def __init__(self, key_id: str = "test-key-1", latency: float = 0.0) -> None:
+        self._key_id = key_id
+        self._aead = AESGCM(os.urandom(32))
+        self.latency = latency
+        self.down = False
+        self.calls = {"wrap": 0, "unwrap": 0, "health": 0}
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def rotate_remote(self, key_id: str) -> None:
+        self._key_id = key_id
+
+    async def _remote(self, op: str) -> None:
+        self.calls[op] += 1
+        await anyio.sleep(self.latency)
+        if self.down:
+            raise ProviderUnavailable("down")
+
+    async def wrap(self, plaintext: bytes) -> bytes:
+        await self._remote("wrap")
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, b"wrap")
+
+    async def unwrap(self, wrapped: bytes) -> bytes:
+        await self._remote("unwrap")
+        return self._aead.decrypt(wrapped[:12], wrapped[12:], b"wrap")
+
+    async def health(self) -> None:
+        await self._remote("health")
+
+
+async def test_one_wrap_serves_many_seals() -> None:
+    kek = CountingKek()
+    envelope = Envelope(kek)
+    await envelope.start()
+    deks = [secrets.token_bytes(32) for _ in range(500)]
+    sealed = [await envelope.seal(dek) for dek in deks]
+    assert {key_id for _, key_id in sealed} == {"test-key-1"}
+    assert [await envelope.open(ct, "test-key-1") for ct, _ in sealed] == deks
+    assert kek.calls["wrap"] == 1
+    assert kek.calls["unwrap"] == 0
+
+
+async def test_cold_start_costs_one_unwrap_per_local_kek() -> None:
+    kek = CountingKek(latency=0.05)
+    writer = Envelope(kek)
+    await writer.start()
+    deks = [secrets.token_bytes(32) for _ in range(2000)]
+    sealed = [(await writer.seal(dek))[0] for dek in deks]
+    restarted = Envelope(kek)  # a new process: nothing cached
+    results: list[bytes | None] = [None] * len(sealed)
+
+    async def open_one(i: int) -> None:
+        results[i] = await restarted.open(sealed[i])
+
+    async with anyio.create_task_group() as tasks:
+        for i in range(len(sealed)):
+            tasks.start_soon(open_one, i)
+    assert results == deks
+    assert kek.calls["unwrap"] == 1
+
+
+async def test_unwrap_failure_reaches_every_waiter_then_recovers() -> None:
+    kek = CountingKek(latency=0.01)
+    writer = Envelope(kek)
+    await writer.start()
+    ciphertext, _ = await writer.seal(b"k" * 32)
+    reader = Envelope(kek)
+    kek.down = True
+    errors: list[str] = []
+
+    async def attempt() -> None:
+        try:
+            await reader.open(ciphertext)
+        except ProviderUnavailable as exc:
+            errors.append(type(exc).__name__)
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(20):
+            tasks.start_soon(attempt)
+    assert errors == ["ProviderUnavailable"] * 20
+    assert kek.calls["unwrap"] == 1
+    kek.down = False
+    assert await reader.open(ciphertext) == b"k" * 32
+
+
+async def test_rotation_by_budget_keeps_old_ciphertexts_open() -> None:
+    kek = CountingKek()
+    envelope = Envelope(kek, policy=RotationPolicy(rotate_after_seals=10, max_seals=20))
+    await envelope.start()
+    deks = [secrets.token_bytes(32) for _ in range(200)]
+    sealed = []
+    for dek in deks:
+        sealed.append((await envelope.seal(dek))[0])
+        await anyio.lowlevel.checkpoint()  # let a background rotation run
+    assert kek.calls["wrap"] >= 10
+    assert [await envelope.open(ct) for ct in sealed] == deks
+    assert envelope.stats()["rotations"] >= 10
+
+
+async def test_remote_key_change_rotates_and_changes_key_id() -> None:
+    kek = CountingKek("key-v1")
+    envelope = Envelope(kek)
+    await envelope.start()
+    old, old_id = await envelope.seal(b"a" * 32)
+    kek.rotate_remote("key-v2")
+    assert envelope.needs_rotation()
+    await envelope.rotate()
+    new, new_id = await envelope.seal(b"b" * 32)
+    assert (old_id, new_id, envelope.key_id) == ("key-v1", "key-v2", "key-v2")
+    assert await envelope.open(old, "key-v1") == b"a" * 32
+    assert await envelope.open(new, "key-v2") == b"b" * 32
+    with pytest.raises(UnknownKeyId):
+        await envelope.open(new, "key-v1")
+
+
+async def test_garbage_is_invalid_ciphertext() -> None:
+    envelope = Envelope(CountingKek())
+    await envelope.start()
+    for blob in (b"", b"\xc9", b"dGVzdA==", b"1" + os.urandom(100), os.urandom(200)):
+        with pytest.raises(InvalidCiphertext):
+            await envelope.open(blob)
+
+
+async def test_status_never_calls_the_provider() -> None:
+    kek = CountingKek()
+    service = KeyService(Envelope(kek))
+    await service.start()
+    before = dict(kek.calls)
+    for _ in range(1000):
+        status = service.status()
+    assert status.healthz == "ok"
+    assert status.key_id == "test-key-1"
+    assert kek.calls == before
+
+
+async def test_probe_flips_health_and_recovers() -> None:
+    kek = CountingKek()
+    service = KeyService(Envelope(kek))
+    await service.start()
+    kek.down = True
+    await service.probe()
+    assert not service.status().healthy
+    assert "ProviderUnavailable" in service.status().healthz
+    kek.down = False
+    await service.probe()
+    assert service.status().healthy
