@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from kmsplug.endpoint import Endpoint
 
-from plugin_process import PluginProcess
+from plugin_process import PluginFactory, PluginProcess
 
 
 @pytest.fixture
@@ -28,9 +28,6 @@ def short_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="kmsplug-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-PluginFactory = Callable[..., PluginProcess]
 
 
 @pytest.fixture

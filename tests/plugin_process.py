@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,3 +81,7 @@ class PluginProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+PluginFactory = Callable[..., PluginProcess]
+"""The `plugin_factory` fixture: start(*serve_args, key_file=, endpoint=, name=)."""

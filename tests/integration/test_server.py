@@ -17,8 +17,7 @@ import pytest
 from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
 
-from conftest import PluginFactory
-from plugin_process import PluginProcess
+from plugin_process import PluginFactory, PluginProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -113,6 +112,18 @@ async def test_oversized_plaintext_is_invalid_argument(plugin: PluginProcess, si
         for call in (client.v1_encrypt, client.v2_encrypt):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call(b"\0" * size)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (await client.v2_status()).healthz == "ok"
+
+
+@pytest.mark.parametrize("size", [2000, 70_000, 3 * 1024 * 1024])
+async def test_oversized_ciphertext_is_invalid_argument(plugin: PluginProcess, size: int) -> None:
+    blob = secrets.token_bytes(size)
+    async with KmsClient(plugin.endpoint) as client:
+        key_id = (await client.v2_status()).key_id
+        for call in (client.v1_decrypt, lambda ct: client.v2_decrypt(ct, key_id)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(blob)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (await client.v2_status()).healthz == "ok"
 
