@@ -40,16 +40,28 @@ run: build ## Serve on the embedded local key (socket and key under .run/)
 	$(VENV)/bin/kmsplug serve --socket unix://$(abspath $(RUN_DIR))/kmsplug.sock \
 		--key-file $(abspath $(RUN_DIR))/local.key
 
+.PHONY: e2e-deps
+e2e-deps: ## Install etcd and build the pinned kube-apiserver (cached outside the tree)
+	tests/e2e/install-deps.sh
+	tests/e2e/build-apiserver.sh
+
 .PHONY: test
-test: build ## Build, then run every test (Rust and Python)
+test: build e2e-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd)
 	cargo test --workspace --release --quiet
 	$(PY) -m pytest tests
+
+.PHONY: cluster
+cluster: build e2e-deps ## A real etcd + kube-apiserver encrypting through `make run`'s socket
+	mkdir -p $(RUN_DIR)
+	$(VENV)/bin/kmsplug config --socket unix://$(abspath $(RUN_DIR))/kmsplug.sock > $(RUN_DIR)/encryption.yaml
+	$(PY) tests/e2e/bed.py $(RUN_DIR)/encryption.yaml
 
 .PHONY: lint
 lint: build ## ruff, mypy, cargo fmt, clippy
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest kmsplug._kmsplug
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
 

@@ -50,3 +50,18 @@ class ProviderUnavailable(KmsplugError):
 
 class ConfigError(KmsplugError):
     """A setting is invalid; the message names the setting."""
+
+
+class ProviderThrottled(ProviderUnavailable):
+    """The remote KMS refused for quota (Alibaba Rejected.Throttling, AWS ThrottlingException)."""
+
+
+class ProviderTransient(ProviderUnavailable):
+    """A failure worth retrying: a timeout, a reset connection, a 5xx."""
+
+
+class ProviderRefused(KmsplugError):
+    """The remote KMS refused for good: permission denied, key disabled or missing.
+
+    Retrying does not help; the message says what an operator must change.
+    """

@@ -1,0 +1,210 @@
+"""One resilience layer around every remote provider, so none re-implements it.
+
+- a deadline below the apiserver's 3 s per call, across all retries: a slow KMS yields a
+  clean UNAVAILABLE instead of a pile-up;
+- retries with full jitter on throttling and transient errors, never on a refusal;
+- a token bucket that keeps the plugin under the account's KMS quota;
+- single-flight: concurrent unwraps of the same blob cost one remote call;
+- an audit record per remote call (operation, provider, key, request id, latency,
+  outcome; never plaintext or ciphertext) on the `kmsplug.audit` logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+
+from kmsplug.errors import (
+    KmsplugError,
+    ProviderRefused,
+    ProviderThrottled,
+    ProviderTransient,
+    ProviderUnavailable,
+)
+from kmsplug.providers.base import RemoteKek
+
+audit_log = logging.getLogger("kmsplug.audit")
+
+T = TypeVar("T")
+
+
+@dataclass
+class CallInfo:
+    """What a provider learned from one remote call, for the audit record."""
+
+    request_id: str = ""
+    key_version: str = ""
+
+
+#: Providers fill this in during a remote call; the resilience layer reads it.
+current_call: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("kmsplug_remote_call")
+
+
+def note_call(request_id: str = "", key_version: str = "") -> None:
+    """Record the remote request id and key version of the call in progress."""
+    info = current_call.get(None)
+    if info is not None:
+        info.request_id = request_id or info.request_id
+        info.key_version = key_version or info.key_version
+
+
+@dataclass(frozen=True, slots=True)
+class ResiliencePolicy:
+    deadline: float = 2.5
+    """Seconds for one operation, all retries included (the apiserver waits 3 s)."""
+    max_attempts: int = 4
+    backoff_base: float = 0.05
+    backoff_max: float = 1.0
+    rate: float = 500.0
+    """Remote calls per second this plugin allows itself (the account quota is ~750-1,000)."""
+    burst: int = 50
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float = field(init=False)
+    updated: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+        self.updated = time.monotonic()
+
+    async def acquire(self) -> None:
+        """Take a token, waiting for one if needed (the caller's deadline bounds the wait)."""
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await anyio.sleep((1 - self.tokens) / self.rate)
+
+
+@dataclass
+class CallStats:
+    """Counters the metrics endpoint reads."""
+
+    calls: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(operation, outcome) -> count."""
+    retries: int = 0
+    throttled: int = 0
+    shared_unwraps: int = 0
+
+    def count(self, operation: str, outcome: str) -> None:
+        key = (operation, outcome)
+        self.calls[key] = self.calls.get(key, 0) + 1
+
+
+class Resilient(RemoteKek):
+    """Wraps a provider with deadline, retries, rate limit, single-flight and audit."""
+
+    def __init__(self, inner: RemoteKek, policy: ResiliencePolicy | None = None) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.policy = policy or ResiliencePolicy()
+        self.bucket = TokenBucket(self.policy.rate, float(self.policy.burst))
+        self.stats = CallStats()
+        self._unwraps: dict[bytes, asyncio.Future[bytes]] = {}
+
+    @property
+    def key_id(self) -> str:
+        return self.inner.key_id
+
+    def owns(self, key_id: str) -> bool:
+        return self.inner.owns(key_id)
+
+    async def wrap(self, plaintext: bytes) -> bytes:
+        return await self._call("wrap", lambda: self.inner.wrap(plaintext))
+
+    async def unwrap(self, wrapped: bytes) -> bytes:
+        shared = self._unwraps.get(wrapped)
+        if shared is None:
+            shared = asyncio.ensure_future(self._call("unwrap", lambda: self.inner.unwrap(wrapped)))
+            self._unwraps[wrapped] = shared
+            shared.add_done_callback(lambda _: self._unwraps.pop(wrapped, None))
+        else:  # someone is unwrapping this very blob: share the answer
+            self.stats.shared_unwraps += 1
+        # shield: one caller giving up (its deadline) does not cancel the others' call.
+        return await asyncio.shield(shared)
+
+    async def health(self) -> None:
+        await self._call("health", self.inner.health)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def _call(self, operation: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        policy = self.policy
+        started = time.monotonic()
+        deadline = started + policy.deadline
+        last: BaseException | None = None
+        for number in range(1, policy.max_attempts + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            info = CallInfo()
+            token = current_call.set(info)
+            call_start = time.monotonic()
+            outcome = "ok"
+            try:
+                with anyio.fail_after(remaining):
+                    await self.bucket.acquire()
+                    return await attempt()
+            except TimeoutError:
+                outcome = "timeout"
+                last = ProviderTransient(f"{self.kind} KMS did not answer in time")
+            except ProviderThrottled as exc:
+                outcome, last = "throttled", exc
+                self.stats.throttled += 1
+            except ProviderTransient as exc:
+                outcome, last = "transient", exc
+            except ProviderRefused:
+                outcome = "refused"
+                raise
+            except KmsplugError:
+                outcome = "error"
+                raise
+            finally:
+                current_call.reset(token)
+                self.stats.count(operation, outcome)
+                self._audit(operation, outcome, number, info, time.monotonic() - call_start)
+            if number == policy.max_attempts:
+                break
+            self.stats.retries += 1
+            # Full jitter: a herd of plugins restarted together does not retry in step.
+            ceiling = min(policy.backoff_max, policy.backoff_base * (2 ** (number - 1)))
+            pause = random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+            if time.monotonic() + pause >= deadline:
+                break
+            await anyio.sleep(pause)
+        raise ProviderUnavailable(
+            f"{self.kind} KMS unavailable: {type(last).__name__ if last else 'deadline'}"
+        ) from last
+
+    def _audit(
+        self, operation: str, outcome: str, attempt: int, info: CallInfo, seconds: float
+    ) -> None:
+        audit_log.info(
+            "remote KMS call",
+            extra={
+                "operation": operation,
+                "provider": self.kind,
+                "key_id": self.inner.key_id,
+                "key_version": info.key_version,
+                "request_id": info.request_id,
+                "attempt": attempt,
+                "outcome": outcome,
+                "latency_ms": round(seconds * 1000, 3),
+            },
+        )

@@ -1,0 +1,300 @@
+"""A real kube-apiserver and a real etcd on loopback, for end-to-end tests of kmsplug.
+
+`ClusterBed(workdir).start(encryption_config)` brings up etcd (Debian's etcd-server) and
+the pinned kube-apiserver (built by build-apiserver.sh into a cache outside the tree),
+writes a kubeconfig, and waits for /readyz. Processes are ended by their own PIDs.
+
+Developers: `python tests/e2e/bed.py ENCRYPTION_CONFIG` brings a bed up and waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1] / "python"))
+
+from kmsplug.cluster.etcd import EtcdReader  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def apiserver_binary() -> Path:
+    """The cached kube-apiserver, built on first use."""
+    out = subprocess.run(
+        [str(HERE / "build-apiserver.sh")], capture_output=True, text=True, check=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _tail(path: Path, lines: int = 50) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _service_account_keys(directory: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = directory / "sa.key"
+    public = directory / "sa.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+@dataclass
+class ClusterBed:
+    workdir: Path
+    etcd_port: int = field(default_factory=free_port)
+    etcd_peer_port: int = field(default_factory=free_port)
+    apiserver_port: int = field(default_factory=free_port)
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+    etcd: subprocess.Popen[bytes] | None = None
+    apiserver: subprocess.Popen[bytes] | None = None
+    encryption_config: Path | None = None
+    feature_gates: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    @property
+    def server_url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(
+        self,
+        encryption_config: Path,
+        *,
+        feature_gates: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
+        timeout: float = 120.0,
+    ) -> ClusterBed:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.encryption_config = encryption_config
+        self.feature_gates = feature_gates
+        self.extra_args = extra_args
+        self._start_etcd()
+        self._write_credentials()
+        self.start_apiserver(timeout=timeout)
+        return self
+
+    def _start_etcd(self) -> None:
+        etcd = shutil.which("etcd")
+        if etcd is None:
+            raise RuntimeError("etcd not found: run tests/e2e/install-deps.sh (Debian etcd-server)")
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        log = (self.workdir / "etcd.log").open("ab")
+        self.etcd = subprocess.Popen(
+            [
+                etcd,
+                "--name=bed",
+                f"--data-dir={self.workdir / 'etcd-data'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=bed={peer}",
+                "--log-level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=1) as response:  # noqa: S310
+                    if json.load(response).get("health") in ("true", True):
+                        return
+            except (OSError, ValueError):
+                pass
+            if self.etcd.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"etcd did not start:\n{_tail(self.workdir / 'etcd.log')}")
+
+    def _write_credentials(self) -> None:
+        (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+        _service_account_keys(self.workdir)
+        self.kubeconfig.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "bed",
+                            "cluster": {
+                                "server": self.server_url,
+                                # written by the apiserver at start: self-signed, with its CA
+                                "certificate-authority": str(
+                                    self.workdir / "certs" / "apiserver.crt"
+                                ),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "admin", "user": {"token": self.token}}],
+                    "contexts": [{"name": "bed", "context": {"cluster": "bed", "user": "admin"}}],
+                    "current-context": "bed",
+                }
+            )
+        )
+
+    def start_apiserver(self, timeout: float = 120.0) -> None:
+        assert self.encryption_config is not None
+        args = [
+            str(apiserver_binary()),
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            "--endpoint-reconciler-type=none",  # loopback addresses are refused otherwise
+            f"--secure-port={self.apiserver_port}",
+            f"--cert-dir={self.workdir / 'certs'}",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=AlwaysAllow",
+            f"--service-account-key-file={self.workdir / 'sa.pub'}",
+            f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            f"--encryption-provider-config={self.encryption_config}",
+            "--enable-priority-and-fairness=false",
+            "--profiling=false",
+            "--v=1",
+            *self.extra_args,
+        ]
+        if self.feature_gates:
+            args.append("--feature-gates=" + ",".join(self.feature_gates))
+        log = (self.workdir / "apiserver.log").open("ab")
+        self.apiserver = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, _ = self.get("/readyz")
+            if status == 200:
+                return
+            if self.apiserver.poll() is not None:
+                break
+            time.sleep(0.25)
+        self.stop_apiserver()
+        raise RuntimeError(
+            f"kube-apiserver did not get ready:\n{_tail(self.workdir / 'apiserver.log')}"
+        )
+
+    def stop_apiserver(self) -> None:
+        _end(self.apiserver)
+        self.apiserver = None
+
+    def restart_apiserver(self, encryption_config: Path | None = None) -> None:
+        self.stop_apiserver()
+        if encryption_config is not None:
+            self.encryption_config = encryption_config
+        self.start_apiserver()
+
+    def stop(self) -> None:
+        self.stop_apiserver()
+        _end(self.etcd)
+        self.etcd = None
+
+    # -- clients ---------------------------------------------------------------------
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """GET an apiserver path as admin; (status, body), status 0 if unreachable."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(  # noqa: S310 - loopback test apiserver
+            self.server_url + path, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+                return response.status, response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+        except OSError:
+            return 0, ""
+
+    def core(self) -> Any:
+        """A CoreV1Api client (the official Python client) for this apiserver."""
+        from kubernetes import client, config
+
+        return client.CoreV1Api(config.new_client_from_config(config_file=str(self.kubeconfig)))
+
+    def etcd_reader(self) -> EtcdReader:
+        return EtcdReader(self.etcd_url)
+
+    def raw(self, key: str) -> bytes:
+        value = self.etcd_reader().get(key.encode())
+        if value is None:
+            raise KeyError(key)
+        return value
+
+
+def _end(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def main() -> None:
+    config = Path(sys.argv[1]).resolve()
+    gates = tuple(g for g in os.environ.get("FEATURE_GATES", "KMSv1=true").split(",") if g)
+    workdir = Path(tempfile.mkdtemp(prefix="kmsplug-bed-"))
+    bed = ClusterBed(workdir).start(config, feature_gates=gates)
+    print(f"kube-apiserver ready at {bed.server_url}; etcd at {bed.etcd_url}")
+    print(f"export KUBECONFIG={bed.kubeconfig}")
+    print("Ctrl-C stops both.")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        bed.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""kmsplug under a real kube-apiserver writing to a real etcd.
+
+Every check goes through the apiserver (the official Python client) or reads etcd's raw
+bytes; nothing here talks to kmsplug directly except to start, stop or swap it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kmsplug.cluster.storage import classify
+from kmsplug.encryption_config import encryption_configuration
+
+from bed import ClusterBed
+from configs import kms_config, merged_config, write_config
+from plugin_process import PluginFactory, PluginProcess
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def make_secrets(bed: ClusterBed, count: int, prefix: str = "s") -> dict[str, str]:
+    """Create `count` Secrets in default; return name -> the secret value."""
+    core = bed.core()
+    made: dict[str, str] = {}
+    for i in range(count):
+        name, value = f"{prefix}-{i}-{secrets.token_hex(3)}", f"top-secret-{secrets.token_hex(12)}"
+        core.create_namespaced_secret(
+            "default", {"metadata": {"name": name}, "stringData": {"password": value}}
+        )
+        made[name] = value
+    return made
+
+
+def read_back(bed: ClusterBed, made: dict[str, str]) -> None:
+    core = bed.core()
+    for name, value in made.items():
+        data = core.read_namespaced_secret(name, "default").data
+        assert base64.b64decode(data["password"]).decode() == value
+
+
+def assert_stored(bed: ClusterBed, made: dict[str, str], prefix: bytes) -> set[str]:
+    """Each Secret's etcd value carries `prefix` and no trace of its plaintext; key_ids seen."""
+    key_ids: set[str] = set()
+    for name, value in made.items():
+        raw = bed.raw(f"/registry/secrets/default/{name}")
+        assert raw.startswith(prefix), raw[:40]
+        assert value.encode() not in raw
+        assert base64.b64encode(value.encode()) not in raw
+        key_ids.add(classify(raw).key_id)
+    return key_ids
+
+
+def kmsplug_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kmsplug", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_v2_secrets_encrypted_survive_plugin_and_apiserver_restarts(
+    plugin_factory: PluginFactory, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    plugin = plugin_factory()
+    bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
+    made = make_secrets(bed, 10)
+    key_ids = assert_stored(bed, made, b"k8s:enc:kms:v2:kmsplug:")
+    assert len(key_ids) == 1 and next(iter(key_ids)).startswith("local-")
+    read_back(bed, made)
+    assert plugin.terminate() == 0
+    plugin = plugin_factory(key_file=plugin.key_file)
+    read_back(bed, made)
+    bed.restart_apiserver()  # a cold apiserver must Decrypt every seed through the plugin
+    read_back(bed, made)
+    verify = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--expect", "kms-v2", "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert json.loads(verify.stdout)["total"] == 10
+
+
+def test_v1_secrets_encrypted(
+    plugin_factory: PluginFactory, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    plugin = plugin_factory()
+    config = kms_config(short_tmp / "enc.yaml", plugin.endpoint, "--api", "v1", "--name", "legacy")
+    bed = bed_factory(config, feature_gates=("KMSv1=true",))
+    made = make_secrets(bed, 10)
+    key_ids = assert_stored(bed, made, b"k8s:enc:kms:v1:legacy:")
+    assert len(key_ids) == 1 and next(iter(key_ids)).startswith("local-")
+    read_back(bed, made)
+    bed.restart_apiserver()
+    read_back(bed, made)
+
+
+def test_key_rotation_then_migrate_moves_everything_to_the_new_key_id(
+    plugin_factory: PluginFactory, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    plugin = plugin_factory()
+    bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
+    old = make_secrets(bed, 8, "old")
+    (old_key_id,) = assert_stored(bed, old, b"k8s:enc:kms:v2:kmsplug:")
+    plugin.terminate()
+    new_key = short_tmp / "new.key"
+    plugin = plugin_factory("--decrypt-key-file", str(plugin.key_file), key_file=new_key)
+
+    def writes_use_new_key() -> bool:
+        bed.get("/readyz/kms-providers")  # a health probe makes the apiserver ask Status
+        probe = make_secrets(bed, 1, "probe")
+        return assert_stored(bed, probe, b"k8s:enc:kms:v2:") != {old_key_id}
+
+    wait_for(writes_use_new_key, 150, "the apiserver to pick up the new key_id")
+    new = make_secrets(bed, 4, "new")
+    (new_key_id,) = assert_stored(bed, new, b"k8s:enc:kms:v2:kmsplug:")
+    assert new_key_id != old_key_id
+    read_back(bed, {**old, **new})
+    before = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--expect-key-id", new_key_id)
+    assert before.returncode == 1, before.stdout
+    state = short_tmp / "migrate.state"
+    migrated = kmsplug_cli(
+        "migrate", "--kubeconfig", str(bed.kubeconfig), "--state-file", str(state)
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    assert "rewrote" in migrated.stdout
+    after = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--expect-key-id", new_key_id, "--json")
+    assert after.returncode == 0, after.stdout
+    assert {row["key_id"] for row in json.loads(after.stdout)["stored"]} == {new_key_id}
+    read_back(bed, {**old, **new})
+    again = kmsplug_cli("migrate", "--kubeconfig", str(bed.kubeconfig), "--state-file", str(state))
+    assert again.returncode == 0 and "rewrote 0" in again.stdout  # resumed: nothing left
+
+
+def test_enabling_encryption_on_an_existing_cluster(
+    plugin_factory: PluginFactory, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    identity = write_config(
+        short_tmp / "identity.yaml",
+        {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "EncryptionConfiguration",
+            "resources": [{"resources": ["secrets"], "providers": [{"identity": {}}]}],
+        },
+    )
+    bed = bed_factory(identity)
+    made = make_secrets(bed, 10, "plain")
+    raw = bed.raw(f"/registry/secrets/default/{next(iter(made))}")
+    assert made[next(iter(made))].encode() in raw  # stored in plaintext before
+    assert kmsplug_cli("verify", "--etcd", bed.etcd_url).returncode == 1
+    plugin = plugin_factory()
+    bed.restart_apiserver(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
+    read_back(bed, made)  # identity is listed last: old values stay readable
+    dry = kmsplug_cli("migrate", "--kubeconfig", str(bed.kubeconfig), "--dry-run")
+    assert dry.returncode == 0 and "would rewrite" in dry.stdout, dry.stderr
+    assert kmsplug_cli("verify", "--etcd", bed.etcd_url).returncode == 1  # dry run wrote nothing
+    migrated = kmsplug_cli("migrate", "--kubeconfig", str(bed.kubeconfig))
+    assert migrated.returncode == 0, migrated.stderr
+    verify = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--json")
+    assert verify.returncode == 0, verify.stdout
+    assert_stored(bed, made, b"k8s:enc:kms:v2:kmsplug:")
+    read_back(bed, made)
+
+
+def test_plugin_down_fails_kms_health_and_recovers(
+    plugin_factory: PluginFactory, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    plugin = plugin_factory()
+    bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
+    assert bed.get("/readyz/kms-providers")[0] == 200
+    plugin.kill()
+    wait_for(lambda: bed.get("/readyz/kms-providers")[0] != 200, 90, "kms-providers to fail")
+    status, body = bed.get("/readyz/kms-providers?verbose")
+    assert status != 200
+    assert "kms-provider" in body  # the apiserver names the failing plugin check
+    plugin_factory(key_file=plugin.key_file, endpoint=plugin.endpoint)
+    wait_for(lambda: bed.get("/readyz/kms-providers")[0] == 200, 90, "kms-providers to recover")
+    made = make_secrets(bed, 2, "after")
+    assert_stored(bed, made, b"k8s:enc:kms:v2:kmsplug:")
+    read_back(bed, made)
+
+
+def test_one_socket_serves_a_v2_and_a_v1_provider(
+    plugin: PluginProcess, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    config = merged_config(
+        short_tmp / "enc.yaml",
+        encryption_configuration(plugin.endpoint, name="kv2", resources=["secrets"]),
+        encryption_configuration(plugin.endpoint, api="v1", name="kv1", resources=["configmaps"]),
+    )
+    bed = bed_factory(config, feature_gates=("KMSv1=true",))
+    made = make_secrets(bed, 3)
+    assert_stored(bed, made, b"k8s:enc:kms:v2:kv2:")
+    core = bed.core()
+    core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "cm"}, "data": {"k": "visible-value-123"}}
+    )
+    raw = bed.raw("/registry/configmaps/default/cm")
+    assert raw.startswith(b"k8s:enc:kms:v1:kv1:")
+    assert b"visible-value-123" not in raw
+    assert core.read_namespaced_config_map("cm", "default").data == {"k": "visible-value-123"}
+    bed.restart_apiserver()
+    read_back(bed, made)
+    assert core.read_namespaced_config_map("cm", "default").data == {"k": "visible-value-123"}
