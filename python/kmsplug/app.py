@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kmsplug.encryption_config import encryption_configuration, to_yaml
 from kmsplug.envelope import Envelope, RotationPolicy
+from kmsplug.providers.base import RemoteKek
 from kmsplug.providers.local import LocalKek
+from kmsplug.providers.resilient import ResiliencePolicy, Resilient
 from kmsplug.server import ServerSettings
 from kmsplug.service import KeyService
+
+if TYPE_CHECKING:
+    from kmsplug.providers.alibaba import AlibabaSettings
+
+log = logging.getLogger(__name__)
 
 
 def build_service(
@@ -19,10 +28,35 @@ def build_service(
     decrypt_key_files: Sequence[Path] = (),
     hierarchy: bool = True,
     policy: RotationPolicy | None = None,
+    writer: RemoteKek | None = None,
 ) -> KeyService:
-    writer = LocalKek.open(key_file, create=True)
+    """The local key file is the writer unless another provider is given; old local key
+    files stay readable either way."""
+    if writer is None:
+        writer = LocalKek.open(key_file, create=True)
     readers = [LocalKek.open(path) for path in decrypt_key_files]
     return KeyService(Envelope(writer, readers, hierarchy=hierarchy, policy=policy))
+
+
+def alibaba_provider(
+    settings: AlibabaSettings,
+    env: Mapping[str, str],
+    resilience: ResiliencePolicy | None = None,
+) -> RemoteKek:
+    """The Alibaba KMS provider behind the resilience layer, credentials from `env`."""
+    from kmsplug.providers.alibaba import AlibabaKek
+    from kmsplug.providers.alibaba_credentials import credential_source, kms_client
+
+    source = credential_source(env)
+    log.info("alibaba credentials: %s", source.describe())
+    client = kms_client(
+        source,
+        host=settings.host,
+        region=settings.region,
+        protocol=settings.protocol,
+        timeout_ms=settings.timeout_ms,
+    )
+    return Resilient(AlibabaKek(settings, client), resilience)
 
 
 def print_ready(settings: ServerSettings, provider_name: str, service: KeyService) -> None:

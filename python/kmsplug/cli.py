@@ -39,6 +39,7 @@ def _octal(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
 
 socket_option = click.option(
     "--socket",
+    "--path-to-unix-socket",  # ack-kms-plugin's name, so its manifests work unchanged
     "endpoint",
     default=DEFAULT_SOCKET,
     show_default=True,
@@ -153,6 +154,73 @@ def main() -> None:
     show_envvar=True,
     help="uvloop costs ~15% less CPU per call than the default asyncio loop.",
 )
+@click.option(
+    "--provider",
+    type=click.Choice(["local", "alibaba"]),
+    default="local",
+    show_default=True,
+    envvar="KMSPLUG_PROVIDER",
+    show_envvar=True,
+    help="Where the KEK lives.",
+)
+@click.option(
+    "--key-id",
+    "remote_key",
+    default="",
+    envvar="KMSPLUG_KEY_ID",
+    show_envvar=True,
+    help="The remote KEK: an Alibaba CMK id or alias (ack-kms-plugin's --key-id).",
+)
+@click.option(
+    "--region",
+    default="",
+    envvar=["KMSPLUG_REGION", "ACK_KMS_REGION_ID"],
+    show_envvar=True,
+    help="Cloud region of the KMS.",
+)
+@click.option(
+    "--kms-endpoint",
+    default="kms-vpc.%s.aliyuncs.com",
+    show_default=True,
+    envvar=["KMSPLUG_KMS_ENDPOINT", "ACK_KMS_DOMAIN"],
+    show_envvar=True,
+    help="KMS host[:port]; %s becomes the region. Public: kms.%s.aliyuncs.com; "
+    "a KMS instance: <instance>.cryptoservice.kms.aliyuncs.com.",
+)
+@click.option(
+    "--kms-protocol",
+    type=click.Choice(["https", "http"]),
+    default="https",
+    show_default=True,
+    envvar="KMSPLUG_KMS_PROTOCOL",
+    show_envvar=True,
+)
+@click.option(
+    "--encryption-context",
+    default='{"kmsplug": "local-kek"}',
+    show_default=True,
+    envvar="KMSPLUG_ENCRYPTION_CONTEXT",
+    show_envvar=True,
+    help="KMS EncryptionContext bound to every wrap (JSON or a=b,c=d); keep it stable.",
+)
+@click.option(
+    "--alibaba-allow-spec",
+    multiple=True,
+    help="Accept a CMK spec other than Aliyun_AES_256 (repeatable).",
+)
+@click.option(
+    "--enable-kms-v1",
+    is_flag=True,
+    hidden=True,
+    help="Accepted for ack-kms-plugin compatibility; v1 is served unless --disable-v1.",
+)
+@click.option(
+    "--gloglevel",
+    type=int,
+    default=None,
+    hidden=True,
+    help="ack-kms-plugin's verbosity: 0 info, 1+ debug.",
+)
 def serve(
     endpoint: Endpoint,
     key_file: Path,
@@ -166,12 +234,26 @@ def serve(
     log_level: str,
     log_format: str,
     event_loop: str,
+    provider: str,
+    remote_key: str,
+    region: str,
+    kms_endpoint: str,
+    kms_protocol: str,
+    encryption_context: str,
+    alibaba_allow_spec: tuple[str, ...],
+    enable_kms_v1: bool,
+    gloglevel: int | None,
 ) -> None:
     """Serve the plugin (default: the embedded local key, no flags needed)."""
+    import os
+
     from kmsplug import log
-    from kmsplug.app import build_service, print_ready
+    from kmsplug.app import alibaba_provider, build_service, print_ready
     from kmsplug.server import ServerSettings, serve
 
+    del enable_kms_v1  # v1 is on by default; --disable-v1 turns it off
+    if gloglevel is not None:
+        log_level = "debug" if gloglevel > 0 else "info"
     log.setup(log_level, log_format)
     settings = ServerSettings(
         endpoint=endpoint,
@@ -181,8 +263,30 @@ def serve(
         enable_v1=enable_v1,
     )
     try:
+        writer = None
+        if provider == "alibaba":
+            from kmsplug.providers.alibaba import (
+                ALLOWED_SPECS_DEFAULT,
+                AlibabaSettings,
+                encryption_context_from,
+            )
+
+            writer = alibaba_provider(
+                AlibabaSettings(
+                    key=remote_key,
+                    region=region,
+                    endpoint=kms_endpoint.replace("%s", region),
+                    protocol=kms_protocol,
+                    encryption_context=encryption_context_from(encryption_context),
+                    allowed_specs=ALLOWED_SPECS_DEFAULT + alibaba_allow_spec,
+                ),
+                os.environ,
+            )
         service = build_service(
-            key_file=key_file, decrypt_key_files=decrypt_key_files, hierarchy=mode == "hierarchy"
+            key_file=key_file,
+            decrypt_key_files=decrypt_key_files,
+            hierarchy=mode == "hierarchy",
+            writer=writer,
         )
         anyio.run(
             lambda: serve(

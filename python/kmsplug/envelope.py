@@ -177,6 +177,9 @@ class Envelope:
             mode, embedded_key_id, _ = peek(ciphertext)
         except InvalidCiphertext:
             self._check_known(key_id)
+            for provider in self.providers:  # another plugin's format, from before a swap
+                if provider.claims_legacy(ciphertext):
+                    return await provider.unwrap_legacy(ciphertext)
             raise
         if mode != MODE_DIRECT:
             self._check_known(key_id)

@@ -57,12 +57,14 @@ class KeyService:
         probe_interval: float = 30.0,
         probe_timeout: float = 2.5,
         maintenance_interval: float = 5.0,
+        refresh_interval: float = 300.0,
     ) -> None:
         self.envelope = envelope
         self.health = HealthState()
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._maintenance_interval = maintenance_interval
+        self._refresh_interval = refresh_interval
 
     async def encrypt(self, plaintext: bytes) -> EncryptResult:
         ciphertext, key_id = await self.envelope.seal(plaintext)
@@ -81,7 +83,9 @@ class KeyService:
         return StatusResult(self.health.healthz, self.envelope.key_id)
 
     async def start(self) -> None:
-        """Make the first local KEK and the first health verdict before serving."""
+        """Check the key, make the first local KEK and the first health verdict."""
+        for line in await self.envelope.writer.preflight():
+            log.info("preflight: %s", line)
         await self.envelope.start()
         await self.probe()
 
@@ -112,8 +116,15 @@ class KeyService:
             await self.probe()
 
     async def _maintain_forever(self) -> None:
+        last_refresh = anyio.current_time()
         while True:
             await anyio.sleep(self._maintenance_interval)
+            if anyio.current_time() - last_refresh >= self._refresh_interval:
+                last_refresh = anyio.current_time()
+                try:
+                    await self.envelope.writer.refresh()
+                except Exception as exc:  # the next refresh tries again
+                    log.warning("key refresh failed", extra={"error": type(exc).__name__})
             if self.envelope.needs_rotation():
                 try:
                     await self.envelope.rotate()

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from kmsplug.envelope import peek
+from kmsplug.errors import InvalidCiphertext
 
 if TYPE_CHECKING:
     from kmsplug._kmsplug import Keyring
@@ -52,6 +53,27 @@ class RemoteKek(ABC):
     @abstractmethod
     async def health(self) -> None:
         """Raise if the KEK cannot be used right now (unreachable, disabled, refused)."""
+
+    async def preflight(self) -> list[str]:
+        """Check at start-up that the key is usable; raise ProviderRefused saying what to fix.
+
+        Returns lines worth logging. The default is one health check.
+        """
+        await self.health()
+        return [f"{self.kind} key {self.key_id} is usable"]
+
+    async def refresh(self) -> None:  # noqa: B027 - optional hook, most keys never move
+        """Re-read the remote key's current version (a rotation there changes key_id)."""
+
+    def claims_legacy(self, ciphertext: bytes) -> bool:
+        """Whether `ciphertext` is in the format of the plugin this provider replaces."""
+        del ciphertext
+        return False
+
+    async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
+        """Decrypt a ciphertext another plugin wrote (see `claims_legacy`)."""
+        del ciphertext
+        raise InvalidCiphertext("invalid ciphertext")
 
     async def new_local_kek(self, keyring: Keyring) -> None:
         """Make a fresh local KEK, wrap it under this KEK and make it the keyring's current."""

@@ -141,6 +141,18 @@ class Resilient(RemoteKek):
     async def health(self) -> None:
         await self._call("health", self.inner.health)
 
+    async def preflight(self) -> list[str]:
+        return await self.inner.preflight()
+
+    async def refresh(self) -> None:
+        await self._call("refresh", self.inner.refresh)
+
+    def claims_legacy(self, ciphertext: bytes) -> bool:
+        return self.inner.claims_legacy(ciphertext)
+
+    async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
+        return await self._call("unwrap", lambda: self.inner.unwrap_legacy(ciphertext))
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 

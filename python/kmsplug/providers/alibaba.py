@@ -1,0 +1,269 @@
+"""Alibaba Cloud KMS: a customer master key (CMK, Aliyun_AES_256 by default) as the KEK.
+
+Calls go through the official SDK's synchronous client, which keeps its HTTP connections
+alive (its async path opens a session per request), in worker threads. The resilience
+layer adds the deadline, retries, quota and audit; this module only speaks KMS.
+
+key_id is `alibaba:<CMK KeyId>:<KeyVersionId>`: a CMK rotation gives a new primary key
+version, so a new key_id, never a reused one. Ciphertexts written by ack-kms-plugin (the
+bare base64 CiphertextBlob, v1 and v2) are recognised and decrypted through KMS as-is.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from kmsplug.errors import (
+    ConfigError,
+    InvalidCiphertext,
+    KmsplugError,
+    ProviderRefused,
+    ProviderThrottled,
+    ProviderTransient,
+)
+from kmsplug.providers.base import RemoteKek
+from kmsplug.providers.resilient import note_call
+
+ALLOWED_SPECS_DEFAULT = ("Aliyun_AES_256",)
+_BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/]+={0,2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class AlibabaSettings:
+    key: str
+    """CMK id or alias (`alias/...`), as ack-kms-plugin's --key-id."""
+    region: str
+    endpoint: str = ""
+    """Host[:port]; default the VPC endpoint kms-vpc.<region>.aliyuncs.com (as ack)."""
+    protocol: str = "https"
+    encryption_context: Mapping[str, str] = field(default_factory=dict)
+    allowed_specs: tuple[str, ...] = ALLOWED_SPECS_DEFAULT
+    timeout_ms: int = 2000
+    legacy_key_ids: tuple[str, ...] = ()
+    """v2 key_ids another plugin reported for this CMK (ack reports --key-id verbatim)."""
+
+    @property
+    def host(self) -> str:
+        return self.endpoint or f"kms-vpc.{self.region}.aliyuncs.com"
+
+
+def _describe(exc: Exception) -> tuple[str, int, str]:
+    """(code, HTTP status, request id) of an SDK exception, without its message text."""
+    code = str(getattr(exc, "code", "") or "")
+    status = int(getattr(exc, "status_code", 0) or 0)
+    request_id = str(getattr(exc, "request_id", "") or "")
+    return code, status, request_id
+
+
+def classify_error(exc: Exception, settings: AlibabaSettings) -> KmsplugError:
+    """Turn an SDK failure into an error an operator can act on."""
+    code, status, request_id = _describe(exc)
+    note_call(request_id=request_id)
+    where = f"(KMS {settings.host}, key {settings.key}, request {request_id or '-'})"
+    if code.startswith("Rejected.Throttling") or status == 429:
+        return ProviderThrottled(f"KMS quota exceeded {where}")
+    if code.startswith(("Forbidden.RAM", "Forbidden.NoPermission")) or code == "Forbidden":
+        return ProviderRefused(
+            f"the RAM identity may not use this key: grant kms:Encrypt, kms:Decrypt and "
+            f"kms:DescribeKey (e.g. AliyunKMSCryptoUserAccess) {where}"
+        )
+    if code.startswith(("Forbidden.KeyNotFound", "EntityNotExist")):
+        return ProviderRefused(f"key not found: check --key-id and the region {where}")
+    if "KeyState" in code or "Disabled" in code or "PendingDeletion" in code:
+        return ProviderRefused(f"key is disabled or pending deletion: re-enable it {where}")
+    if code.startswith(("InvalidAccessKeyId", "SignatureDoesNotMatch", "IncompleteSignature")):
+        return ProviderRefused(f"credentials rejected: check the AccessKey {where}")
+    if code.startswith("InvalidSecurityToken"):
+        return ProviderTransient(f"STS token rejected; refreshing credentials {where}")
+    if code.startswith(("InvalidCiphertext", "Rejected.ValueError")) or (
+        code.startswith("InvalidParameter") and "Ciphertext" in code
+    ):
+        return InvalidCiphertext("invalid ciphertext")
+    if status >= 500 or not code:
+        return ProviderTransient(f"KMS call failed: {code or type(exc).__name__} {where}")
+    return ProviderRefused(f"KMS refused the call: {code} {where}")
+
+
+def looks_like_ack_ciphertext(ciphertext: bytes) -> bool:
+    """ack-kms-plugin's ciphertext: the base64 text of an Alibaba CiphertextBlob."""
+    return len(ciphertext) >= 24 and bool(_BASE64_TEXT.match(ciphertext))
+
+
+class AlibabaKek(RemoteKek):
+    kind = "alibaba"
+
+    def __init__(
+        self,
+        settings: AlibabaSettings,
+        client: Any,
+        *,
+        thread_limit: int = 16,
+    ) -> None:
+        if not settings.key:
+            raise ConfigError("alibaba: --key-id (CMK id or alias) is required")
+        if not settings.region and not settings.endpoint:
+            raise ConfigError("alibaba: the region is required (--region or ACK_KMS_REGION_ID)")
+        self.settings = settings
+        self._client = client
+        self._limiter = anyio.CapacityLimiter(thread_limit)
+        self.cmk_id = settings.key  # the real KeyId once DescribeKey answered
+        self.key_version = ""
+        self._context = dict(settings.encryption_context)
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def key_id(self) -> str:
+        return f"alibaba:{self.cmk_id}:{self.key_version or 'unknown'}"
+
+    def owns(self, key_id: str) -> bool:
+        return key_id.startswith(f"alibaba:{self.cmk_id}:") or key_id in (
+            self.settings.key,
+            *self.settings.legacy_key_ids,
+        )
+
+    def claims_legacy(self, ciphertext: bytes) -> bool:
+        return looks_like_ack_ciphertext(ciphertext)
+
+    # -- KMS calls -----------------------------------------------------------------------
+
+    async def _run(self, call: Callable[[], Any]) -> Any:
+        try:
+            return await anyio.to_thread.run_sync(
+                call, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except KmsplugError:
+            raise
+        except Exception as exc:
+            raise classify_error(exc, self.settings) from None
+
+    def _runtime(self) -> Any:
+        from darabonba.runtime import RuntimeOptions
+
+        return RuntimeOptions(
+            connect_timeout=self.settings.timeout_ms,
+            read_timeout=self.settings.timeout_ms,
+            autoretry=False,  # the resilience layer retries, with jitter and a deadline
+        )
+
+    async def describe(self) -> dict[str, Any]:
+        from alibabacloud_kms20160120 import models
+
+        request = models.DescribeKeyRequest(key_id=self.settings.key)
+        response = await self._run(
+            lambda: self._client.describe_key_with_options(request, self._runtime())
+        )
+        note_call(request_id=response.body.request_id)
+        meta = response.body.key_metadata
+        return {
+            "KeyId": meta.key_id,
+            "KeyState": meta.key_state,
+            "KeyUsage": meta.key_usage,
+            "KeySpec": meta.key_spec,
+            "PrimaryKeyVersion": meta.primary_key_version,
+        }
+
+    async def refresh(self) -> None:
+        """Read the CMK's primary version; a rotation in KMS changes our key_id."""
+        meta = await self.describe()
+        self.cmk_id = meta["KeyId"] or self.cmk_id
+        self.key_version = meta["PrimaryKeyVersion"] or self.key_version
+
+    async def wrap(self, plaintext: bytes) -> bytes:
+        from alibabacloud_kms20160120 import models
+
+        request = models.EncryptRequest(
+            key_id=self.settings.key,
+            plaintext=base64.b64encode(plaintext).decode(),
+            encryption_context=self._context or None,
+        )
+        response = await self._run(
+            lambda: self._client.encrypt_with_options(request, self._runtime())
+        )
+        body = response.body
+        note_call(request_id=body.request_id, key_version=body.key_version_id)
+        if not body.ciphertext_blob:
+            raise ProviderTransient("KMS Encrypt returned no ciphertext")
+        if body.key_version_id and body.key_version_id != self.key_version:
+            # Encrypt always uses the primary version: it moved since we last looked.
+            self.key_version = body.key_version_id
+        return str(body.ciphertext_blob).encode()
+
+    async def unwrap(self, wrapped: bytes) -> bytes:
+        from alibabacloud_kms20160120 import models
+
+        try:
+            blob = wrapped.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidCiphertext("invalid ciphertext") from None
+        request = models.DecryptRequest(
+            ciphertext_blob=blob, encryption_context=self._context or None
+        )
+        response = await self._run(
+            lambda: self._client.decrypt_with_options(request, self._runtime())
+        )
+        body = response.body
+        note_call(request_id=body.request_id, key_version=body.key_version_id)
+        try:
+            return base64.b64decode(body.plaintext, validate=True)
+        except (binascii.Error, TypeError):
+            raise ProviderTransient("KMS Decrypt returned malformed plaintext") from None
+
+    async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
+        """Decrypt what ack-kms-plugin stored: its CiphertextBlob, with no context."""
+        from alibabacloud_kms20160120 import models
+
+        request = models.DecryptRequest(ciphertext_blob=ciphertext.decode("ascii"))
+        response = await self._run(
+            lambda: self._client.decrypt_with_options(request, self._runtime())
+        )
+        note_call(request_id=response.body.request_id, key_version=response.body.key_version_id)
+        return base64.b64decode(response.body.plaintext)
+
+    async def health(self) -> None:
+        probe = os.urandom(16)
+        if await self.unwrap(await self.wrap(probe)) != probe:
+            raise ProviderTransient("KMS round trip returned other bytes")
+
+    async def preflight(self) -> list[str]:
+        """Check the key before serving; raise ProviderRefused with what to fix."""
+        meta = await self.describe()
+        problems = []
+        if meta["KeyState"] != "Enabled":
+            problems.append(f"key state is {meta['KeyState']}, must be Enabled")
+        if meta["KeyUsage"] != "ENCRYPT/DECRYPT":
+            problems.append(f"key usage is {meta['KeyUsage']}, must be ENCRYPT/DECRYPT")
+        if meta["KeySpec"] not in self.settings.allowed_specs:
+            problems.append(
+                f"key spec is {meta['KeySpec']}, allowed: {', '.join(self.settings.allowed_specs)}"
+                " (--alibaba-allow-spec to accept it)"
+            )
+        if problems:
+            raise ProviderRefused(f"alibaba key {self.settings.key}: " + "; ".join(problems))
+        self.cmk_id = meta["KeyId"] or self.cmk_id
+        self.key_version = meta["PrimaryKeyVersion"] or ""
+        await self.health()
+        return [f"key {self.cmk_id} version {self.key_version} ({meta['KeySpec']}) is usable"]
+
+
+def encryption_context_from(value: str) -> dict[str, str]:
+    """`--alibaba-encryption-context` as JSON or `a=b,c=d`."""
+    value = value.strip()
+    if not value:
+        return {}
+    if value.startswith("{"):
+        parsed = json.loads(value)
+        return {str(k): str(v) for k, v in parsed.items()}
+    pairs = [item.split("=", 1) for item in value.split(",") if item]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ConfigError("encryption context must be JSON or a=b,c=d")
+    return {k.strip(): v.strip() for k, v in pairs}
