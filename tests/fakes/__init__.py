@@ -1,0 +1,1 @@
+"""Local, test-only fakes of remote services (never used in production code)."""
