@@ -209,6 +209,16 @@ def main() -> None:
     help="Accept a CMK spec other than Aliyun_AES_256 (repeatable).",
 )
 @click.option(
+    "--compat",
+    type=click.Choice(["none", "ack"]),
+    default="none",
+    show_default=True,
+    envvar="KMSPLUG_COMPAT",
+    show_envvar=True,
+    help="ack: write exactly what ack-kms-plugin writes (direct mode, its key_id), so a "
+    "rollback to it can read everything.",
+)
+@click.option(
     "--enable-kms-v1",
     is_flag=True,
     hidden=True,
@@ -241,6 +251,7 @@ def serve(
     kms_protocol: str,
     encryption_context: str,
     alibaba_allow_spec: tuple[str, ...],
+    compat: str,
     enable_kms_v1: bool,
     gloglevel: int | None,
 ) -> None:
@@ -279,13 +290,14 @@ def serve(
                     protocol=kms_protocol,
                     encryption_context=encryption_context_from(encryption_context),
                     allowed_specs=ALLOWED_SPECS_DEFAULT + alibaba_allow_spec,
+                    compat_ack=compat == "ack",
                 ),
                 os.environ,
             )
         service = build_service(
             key_file=key_file,
             decrypt_key_files=decrypt_key_files,
-            hierarchy=mode == "hierarchy",
+            hierarchy=mode == "hierarchy" and compat == "none",
             writer=writer,
         )
         anyio.run(
@@ -540,3 +552,23 @@ def migrate(
             f"deleted meanwhile {result.gone}, conflicts retried {result.conflicts}"
         )
     sys.exit(1 if failed else 0)
+
+
+def ack_main() -> None:
+    """`ack-kms-plugin`: the same command line as AliyunContainerService/ack-kms-plugin.
+
+    `ack-kms-plugin [flags]` serves with the Alibaba provider; `ack-kms-plugin health
+    [flags]` is the liveness check. Its static-pod manifest works with only the image
+    changed.
+    """
+    args = sys.argv[1:]
+    if args[:1] == ["health"]:
+        main(["health", *_drop_glog(args[1:])])
+    else:
+        main(["serve", "--provider", "alibaba", *_drop_glog(args)])
+
+
+def _drop_glog(args: list[str]) -> list[str]:
+    """glog flags ack-kms-plugin accepted and kmsplug has no use for."""
+    ignored = ("--logtostderr", "--alsologtostderr", "-logtostderr", "-alsologtostderr")
+    return [a for a in args if a.split("=", 1)[0] not in ignored]

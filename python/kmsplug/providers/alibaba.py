@@ -50,6 +50,9 @@ class AlibabaSettings:
     timeout_ms: int = 2000
     legacy_key_ids: tuple[str, ...] = ()
     """v2 key_ids another plugin reported for this CMK (ack reports --key-id verbatim)."""
+    compat_ack: bool = False
+    """Behave as ack-kms-plugin on the wire: key_id is the configured key string, and
+    (with direct mode) the ciphertext is the bare CiphertextBlob, without context."""
 
     @property
     def host(self) -> str:
@@ -64,8 +67,14 @@ def _describe(exc: Exception) -> tuple[str, int, str]:
     return code, status, request_id
 
 
-def classify_error(exc: Exception, settings: AlibabaSettings) -> KmsplugError:
-    """Turn an SDK failure into an error an operator can act on."""
+def classify_error(
+    exc: Exception, settings: AlibabaSettings, *, decrypting: bool = False
+) -> KmsplugError:
+    """Turn an SDK failure into an error an operator can act on.
+
+    When decrypting, a malformed-parameter answer means the blob is not a valid
+    CiphertextBlob: the caller sent garbage, which is not the KMS's fault.
+    """
     code, status, request_id = _describe(exc)
     note_call(request_id=request_id)
     where = f"(KMS {settings.host}, key {settings.key}, request {request_id or '-'})"
@@ -85,7 +94,7 @@ def classify_error(exc: Exception, settings: AlibabaSettings) -> KmsplugError:
     if code.startswith("InvalidSecurityToken"):
         return ProviderTransient(f"STS token rejected; refreshing credentials {where}")
     if code.startswith(("InvalidCiphertext", "Rejected.ValueError")) or (
-        code.startswith("InvalidParameter") and "Ciphertext" in code
+        code.startswith("InvalidParameter") and (decrypting or "Ciphertext" in code)
     ):
         return InvalidCiphertext("invalid ciphertext")
     if status >= 500 or not code:
@@ -117,12 +126,15 @@ class AlibabaKek(RemoteKek):
         self._limiter = anyio.CapacityLimiter(thread_limit)
         self.cmk_id = settings.key  # the real KeyId once DescribeKey answered
         self.key_version = ""
-        self._context = dict(settings.encryption_context)
+        # ack-kms-plugin sends no EncryptionContext; a rollback to it must decrypt our output.
+        self._context = {} if settings.compat_ack else dict(settings.encryption_context)
 
     # -- identity ----------------------------------------------------------------------
 
     @property
     def key_id(self) -> str:
+        if self.settings.compat_ack:
+            return self.settings.key
         return f"alibaba:{self.cmk_id}:{self.key_version or 'unknown'}"
 
     def owns(self, key_id: str) -> bool:
@@ -136,7 +148,7 @@ class AlibabaKek(RemoteKek):
 
     # -- KMS calls -----------------------------------------------------------------------
 
-    async def _run(self, call: Callable[[], Any]) -> Any:
+    async def _run(self, call: Callable[[], Any], *, decrypting: bool = False) -> Any:
         try:
             return await anyio.to_thread.run_sync(
                 call, limiter=self._limiter, abandon_on_cancel=True
@@ -144,7 +156,7 @@ class AlibabaKek(RemoteKek):
         except KmsplugError:
             raise
         except Exception as exc:
-            raise classify_error(exc, self.settings) from None
+            raise classify_error(exc, self.settings, decrypting=decrypting) from None
 
     def _runtime(self) -> Any:
         from darabonba.runtime import RuntimeOptions
@@ -209,7 +221,7 @@ class AlibabaKek(RemoteKek):
             ciphertext_blob=blob, encryption_context=self._context or None
         )
         response = await self._run(
-            lambda: self._client.decrypt_with_options(request, self._runtime())
+            lambda: self._client.decrypt_with_options(request, self._runtime()), decrypting=True
         )
         body = response.body
         note_call(request_id=body.request_id, key_version=body.key_version_id)
@@ -224,7 +236,7 @@ class AlibabaKek(RemoteKek):
 
         request = models.DecryptRequest(ciphertext_blob=ciphertext.decode("ascii"))
         response = await self._run(
-            lambda: self._client.decrypt_with_options(request, self._runtime())
+            lambda: self._client.decrypt_with_options(request, self._runtime()), decrypting=True
         )
         note_call(request_id=response.body.request_id, key_version=response.body.key_version_id)
         return base64.b64decode(response.body.plaintext)

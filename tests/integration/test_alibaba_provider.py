@@ -1,0 +1,221 @@
+"""The Alibaba provider against the strict local fake KMS (tests/fakes/alibaba_kms.py).
+
+No Alibaba endpoint is reachable here; the fake verifies the SDK's ACS3-HMAC-SHA256
+signatures and STS tokens, enforces key state, spec and quota, and does real AES-GCM.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from kmsplug.app import alibaba_provider, build_service
+from kmsplug.client import KmsClient
+from kmsplug.envelope import Envelope
+from kmsplug.errors import InvalidCiphertext, ProviderRefused, ProviderUnavailable
+from kmsplug.providers.alibaba import AlibabaSettings
+from kmsplug.providers.base import RemoteKek
+from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+
+from fakes.alibaba_kms import FakeAlibabaKms
+from plugin_process import PluginFactory
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAlibabaKms]:
+    kms = FakeAlibabaKms().start()
+    yield kms
+    kms.stop()
+
+
+def env_for(fake: FakeAlibabaKms, **kwargs: object) -> dict[str, str]:
+    key = fake.add_access_key(**kwargs)  # type: ignore[arg-type]
+    return {"ACCESS_KEY_ID": key.access_key_id, "ACCESS_KEY_SECRET": key.access_key_secret}
+
+
+def provider(
+    fake: FakeAlibabaKms,
+    key: str,
+    env: dict[str, str] | None = None,
+    policy: ResiliencePolicy | None = None,
+    **settings: object,
+) -> RemoteKek:
+    return alibaba_provider(
+        AlibabaSettings(
+            key=key,
+            region=fake.region,
+            endpoint=fake.host,
+            protocol="http",
+            encryption_context={"kmsplug": "local-kek"},
+            **settings,  # type: ignore[arg-type]
+        ),
+        env or env_for(fake),
+        policy,
+    )
+
+
+async def test_preflight_wrap_unwrap_and_key_id_per_version(fake: FakeAlibabaKms) -> None:
+    key = fake.create_key()
+    kek = provider(fake, key)
+    lines = await kek.preflight()
+    version = fake.describe(key).primary_key_version
+    assert kek.key_id == f"alibaba:{key}:{version}"
+    assert version in lines[0]
+    secret = os.urandom(32)
+    wrapped = await kek.wrap(secret)
+    assert secret not in base64.b64decode(wrapped)
+    assert await kek.unwrap(wrapped) == secret
+    new_version = fake.rotate_key(key)
+    await kek.refresh()
+    assert kek.key_id == f"alibaba:{key}:{new_version}"
+    assert await kek.unwrap(wrapped) == secret  # old versions keep decrypting
+
+
+async def test_alias_works(fake: FakeAlibabaKms) -> None:
+    key = fake.create_key()
+    fake.create_alias("alias/k8s-secrets", key)
+    kek = provider(fake, "alias/k8s-secrets")
+    await kek.preflight()
+    assert kek.key_id.startswith(f"alibaba:{key}:")
+
+
+@pytest.mark.parametrize(
+    ("setup", "needle"),
+    [
+        (lambda f, k: f.set_key_state(k, "Disabled"), "Enabled"),
+        (lambda f, k: f.set_key_state(k, "PendingDeletion"), "Enabled"),
+        (lambda f, k: None, "spec"),
+    ],
+)
+async def test_preflight_refuses_unusable_keys(
+    fake: FakeAlibabaKms, setup: object, needle: str
+) -> None:
+    spec = "Aliyun_AES_256" if needle != "spec" else "Aliyun_SM4"
+    key = fake.create_key(key_spec=spec)
+    setup(fake, key)  # type: ignore[operator]
+    with pytest.raises(ProviderRefused, match=needle):
+        await provider(fake, key).preflight()
+
+
+async def test_preflight_explains_missing_permission_and_bad_credentials(
+    fake: FakeAlibabaKms,
+) -> None:
+    key = fake.create_key()
+    limited = env_for(fake, allowed_actions=["DescribeKey"])
+    with pytest.raises(ProviderRefused, match="kms:Encrypt"):
+        await provider(fake, key, limited).preflight()
+    wrong = {"ACCESS_KEY_ID": limited["ACCESS_KEY_ID"], "ACCESS_KEY_SECRET": "not-the-secret"}
+    with pytest.raises(ProviderRefused, match="credentials") as refused:
+        await provider(fake, key, wrong).preflight()
+    assert "not-the-secret" not in str(refused.value)
+    with pytest.raises(ProviderRefused, match="not found"):
+        await provider(fake, "no-such-key").preflight()
+
+
+async def test_sts_credentials(fake: FakeAlibabaKms) -> None:
+    key = fake.create_key()
+    sts = fake.issue_sts_token()
+    env = {
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": sts.access_key_id,
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": sts.access_key_secret,
+        "ALIBABA_CLOUD_SECURITY_TOKEN": sts.security_token,
+    }
+    kek = provider(fake, key, env)
+    await kek.preflight()
+    fake.expire_sts_token(sts.security_token)
+    with pytest.raises(ProviderUnavailable):
+        await kek.wrap(b"k" * 32)
+
+
+async def test_throttling_is_absorbed_under_quota_and_bounded_above_it(
+    fake: FakeAlibabaKms,
+) -> None:
+    key = fake.create_key()
+    fake.set_qps(20, burst=5)
+    kek = provider(fake, key, policy=ResiliencePolicy(deadline=2.0, rate=10, burst=3))
+    for _ in range(12):  # under the account quota thanks to our own bucket: no error
+        await kek.wrap(b"k" * 32)
+    assert fake.count(outcome="Rejected.Throttling") == 0
+    greedy = provider(fake, key, policy=ResiliencePolicy(deadline=0.5, rate=1000, burst=1000))
+    errors = 0
+
+    async def burst() -> None:
+        nonlocal errors
+        try:
+            await greedy.wrap(b"k" * 32)
+        except ProviderUnavailable:
+            errors += 1
+
+    started = anyio.current_time()
+    async with anyio.create_task_group() as tasks:
+        for _ in range(60):
+            tasks.start_soon(burst)
+    assert anyio.current_time() - started < 3.0  # bounded: the deadline, not a pile-up
+    assert fake.count(outcome="Rejected.Throttling") > 0
+    assert isinstance(greedy, Resilient) and greedy.stats.retries > 0
+
+
+async def test_hierarchy_costs_a_handful_of_kms_calls(
+    fake: FakeAlibabaKms, short_tmp: Path
+) -> None:
+    key = fake.create_key()
+    service = build_service(key_file=short_tmp / "unused.key", writer=provider(fake, key))
+    await service.start()
+    fake.reset_stats()
+    deks = [secrets.token_bytes(32) for _ in range(10_000)]
+    sealed = [(await service.encrypt(dek)).ciphertext for dek in deks]
+    assert [await service.decrypt(ct) for ct in sealed[:100]] == deks[:100]
+    encrypts = fake.count("Encrypt")
+    assert encrypts == 0  # the local KEK was wrapped once, at start
+    restarted = build_service(key_file=short_tmp / "unused.key", writer=provider(fake, key))
+    await restarted.start()
+    fake.reset_stats()
+    assert [await restarted.decrypt(ct) for ct in sealed[:2000]] == deks[:2000]
+    assert fake.count("Decrypt") == 1  # one cold unwrap for every ciphertext of that KEK
+
+
+async def test_ack_ciphertexts_decrypt_and_compat_mode_round_trips(fake: FakeAlibabaKms) -> None:
+    key = fake.create_key()
+    env = env_for(fake)
+    # What ack-kms-plugin stored: the bare CiphertextBlob text, no encryption context.
+    ack = provider(fake, key, env, compat_ack=True)
+    dek = secrets.token_bytes(32)
+    legacy = await ack.wrap(dek)
+    assert legacy == legacy.strip() and base64.b64decode(legacy)
+    modern = Envelope(provider(fake, key, env))
+    await modern.start()
+    assert await modern.open(legacy) == dek  # v1: no key_id
+    assert await modern.open(legacy, key) == dek  # v2: ack reported --key-id as key_id
+    compat = Envelope(ack, hierarchy=False)
+    ciphertext, key_id = await compat.seal(dek)
+    assert key_id == key
+    assert await ack.unwrap_legacy(ciphertext) == dek  # what ack-kms-plugin would do
+    with pytest.raises(InvalidCiphertext):
+        await modern.open(base64.b64encode(os.urandom(80)))
+
+
+async def test_plugin_process_with_alibaba_provider(
+    fake: FakeAlibabaKms, plugin_factory: PluginFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = fake.create_key()
+    for name, value in env_for(fake).items():
+        monkeypatch.setenv(name, value)
+    args = ("--provider", "alibaba", "--key-id", key, "--region", fake.region)
+    plugin = plugin_factory(*args, "--kms-endpoint", fake.host, "--kms-protocol", "http")
+    async with KmsClient(plugin.endpoint) as client:
+        status = await client.v2_status()
+        assert status.healthz == "ok" and status.key_id.startswith(f"alibaba:{key}:")
+        dek = secrets.token_bytes(32)
+        assert await client.v1_decrypt(await client.v1_encrypt(dek)) == dek
+        fake.set_key_state(key, "Disabled")
+        sealed = await client.v2_encrypt(dek)  # the local KEK goes on sealing
+        assert await client.v2_decrypt(sealed.ciphertext, sealed.key_id) == dek
+    assert os.environ["ACCESS_KEY_SECRET"] not in plugin.log()  # no secret in the log
