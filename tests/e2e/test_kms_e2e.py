@@ -22,6 +22,7 @@ from kmsplug.encryption_config import encryption_configuration
 
 from bed import ClusterBed
 from configs import kms_config, merged_config, write_config
+from fakes.alibaba_kms import FakeAlibabaKms
 from plugin_process import PluginFactory, PluginProcess
 
 pytestmark = pytest.mark.slow
@@ -214,3 +215,28 @@ def test_one_socket_serves_a_v2_and_a_v1_provider(
     bed.restart_apiserver()
     read_back(bed, made)
     assert core.read_namespaced_config_map("cm", "default").data == {"k": "visible-value-123"}
+
+
+def test_alibaba_provider_behind_a_real_apiserver(
+    plugin_factory: PluginFactory,
+    bed_factory: Callable[..., ClusterBed],
+    short_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with FakeAlibabaKms() as fake:
+        key = fake.create_key()
+        access = fake.add_access_key()
+        monkeypatch.setenv("ACCESS_KEY_ID", access.access_key_id)
+        monkeypatch.setenv("ACCESS_KEY_SECRET", access.access_key_secret)
+        plugin = plugin_factory(
+            *("--provider", "alibaba", "--key-id", key, "--region", fake.region),
+            *("--kms-endpoint", fake.host, "--kms-protocol", "http"),
+        )
+        bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
+        made = make_secrets(bed, 20)
+        (key_id,) = assert_stored(bed, made, b"k8s:enc:kms:v2:kmsplug:")
+        assert key_id == f"alibaba:{key}:{fake.describe(key).primary_key_version}"
+        bed.restart_apiserver()
+        read_back(bed, made)
+        # start-up preflight and probes only: no KMS call per Secret
+        assert sum(fake.call_counts.values()) < 20

@@ -210,12 +210,70 @@ async def test_plugin_process_with_alibaba_provider(
         monkeypatch.setenv(name, value)
     args = ("--provider", "alibaba", "--key-id", key, "--region", fake.region)
     plugin = plugin_factory(*args, "--kms-endpoint", fake.host, "--kms-protocol", "http")
-    async with KmsClient(plugin.endpoint) as client:
+    async with KmsClient(plugin.endpoint, timeout=30) as client:
         status = await client.v2_status()
         assert status.healthz == "ok" and status.key_id.startswith(f"alibaba:{key}:")
+        fake.reset_stats()
         dek = secrets.token_bytes(32)
+        limiter = anyio.Semaphore(64)
+
+        async def encrypt() -> None:
+            async with limiter:
+                await client.v1_encrypt(dek)
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(10_000):
+                tasks.start_soon(encrypt)
+        remote_calls = sum(fake.call_counts.values())
+        print(f"10,000 v1 Encrypts cost {remote_calls} Alibaba KMS call(s)")
+        assert remote_calls <= 4  # a health probe may land in the window; no per-call cost
         assert await client.v1_decrypt(await client.v1_encrypt(dek)) == dek
         fake.set_key_state(key, "Disabled")
         sealed = await client.v2_encrypt(dek)  # the local KEK goes on sealing
         assert await client.v2_decrypt(sealed.ciphertext, sealed.key_id) == dek
     assert os.environ["ACCESS_KEY_SECRET"] not in plugin.log()  # no secret in the log
+
+
+async def test_credentials_uri_source(fake: FakeAlibabaKms) -> None:
+    """ALIBABA_CLOUD_CREDENTIALS_URI: a loopback endpoint hands out STS credentials."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    key = fake.create_key()
+    sts = fake.issue_sts_token()
+    served: list[str] = []
+
+    class Credentials(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            served.append(self.path)
+            body = json.dumps(
+                {
+                    "Code": "Success",
+                    "AccessKeyId": sts.access_key_id,
+                    "AccessKeySecret": sts.access_key_secret,
+                    "SecurityToken": sts.security_token,
+                    "Expiration": sts.expiration_iso,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Credentials)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}/creds"
+        kek = provider(fake, key, {"ALIBABA_CLOUD_CREDENTIALS_URI": uri})
+        await kek.preflight()
+        assert served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
