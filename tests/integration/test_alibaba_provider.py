@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,3 +279,61 @@ async def test_credentials_uri_source(fake: FakeAlibabaKms) -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def test_ack_kms_plugin_command_line_is_a_drop_in(fake: FakeAlibabaKms, short_tmp: Path) -> None:
+    """ack-kms-plugin's flags and environment, unchanged, serve and health-check."""
+    import subprocess
+
+    from kmsplug.endpoint import Endpoint
+    from kmsplug.sockets import is_live
+
+    key = fake.create_key()
+    access = fake.add_access_key()
+    socket_path = short_tmp / "grpc.sock"
+    env = {
+        **os.environ,
+        "ACK_KMS_REGION_ID": fake.region,
+        "ACK_KMS_DOMAIN": fake.host,
+        "ACCESS_KEY_ID": access.access_key_id,
+        "ACCESS_KEY_SECRET": access.access_key_secret,
+        "CREDENTIAL_INTERVAL": "480",
+        "KMSPLUG_KMS_PROTOCOL": "http",  # the fake speaks plain HTTP; ack always uses HTTPS
+    }
+    ack = [sys.executable, "-c", "from kmsplug.cli import ack_main; ack_main()"]
+    log = (short_tmp / "ack.log").open("wb")
+    serve = subprocess.Popen(
+        [
+            *ack,
+            f"--path-to-unix-socket={socket_path}",
+            f"--key-id={key}",
+            "--enable-kms-v1",
+            "--gloglevel=2",
+            "--logtostderr",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        for _ in range(400):  # up to 20 s
+            if is_live(Endpoint(str(socket_path))):
+                break
+            assert serve.poll() is None, (short_tmp / "ack.log").read_text()
+            time.sleep(0.05)
+        assert is_live(Endpoint(str(socket_path)))
+        health = subprocess.run(
+            [*ack, "health", f"--path-to-unix-socket={socket_path}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert health.returncode == 0, health.stderr
+    finally:
+        serve.terminate()
+        serve.wait(30)
+    assert serve.returncode == 0
+    assert access.access_key_secret not in (short_tmp / "ack.log").read_text()
