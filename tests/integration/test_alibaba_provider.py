@@ -17,15 +17,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kmsplug.app import alibaba_provider, build_service
+from kmsplug.app import build_service
 from kmsplug.client import KmsClient
 from kmsplug.envelope import Envelope
 from kmsplug.errors import InvalidCiphertext, ProviderRefused, ProviderUnavailable
-from kmsplug.providers.alibaba import AlibabaSettings
-from kmsplug.providers.base import RemoteKek
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
 
 from fakes.alibaba_kms import FakeAlibabaKms
+from fakes.alibaba_provider import env_for, provider
 from plugin_process import PluginFactory
 
 pytestmark = pytest.mark.anyio
@@ -36,32 +35,6 @@ def fake() -> Iterator[FakeAlibabaKms]:
     kms = FakeAlibabaKms().start()
     yield kms
     kms.stop()
-
-
-def env_for(fake: FakeAlibabaKms, **kwargs: object) -> dict[str, str]:
-    key = fake.add_access_key(**kwargs)  # type: ignore[arg-type]
-    return {"ACCESS_KEY_ID": key.access_key_id, "ACCESS_KEY_SECRET": key.access_key_secret}
-
-
-def provider(
-    fake: FakeAlibabaKms,
-    key: str,
-    env: dict[str, str] | None = None,
-    policy: ResiliencePolicy | None = None,
-    **settings: object,
-) -> RemoteKek:
-    return alibaba_provider(
-        AlibabaSettings(
-            key=key,
-            region=fake.region,
-            endpoint=fake.host,
-            protocol="http",
-            encryption_context={"kmsplug": "local-kek"},
-            **settings,  # type: ignore[arg-type]
-        ),
-        env or env_for(fake),
-        policy,
-    )
 
 
 async def test_preflight_wrap_unwrap_and_key_id_per_version(fake: FakeAlibabaKms) -> None:
@@ -234,51 +207,6 @@ async def test_plugin_process_with_alibaba_provider(
         sealed = await client.v2_encrypt(dek)  # the local KEK goes on sealing
         assert await client.v2_decrypt(sealed.ciphertext, sealed.key_id) == dek
     assert os.environ["ACCESS_KEY_SECRET"] not in plugin.log()  # no secret in the log
-
-
-async def test_credentials_uri_source(fake: FakeAlibabaKms) -> None:
-    """ALIBABA_CLOUD_CREDENTIALS_URI: a loopback endpoint hands out STS credentials."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    key = fake.create_key()
-    sts = fake.issue_sts_token()
-    served: list[str] = []
-
-    class Credentials(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            served.append(self.path)
-            body = json.dumps(
-                {
-                    "Code": "Success",
-                    "AccessKeyId": sts.access_key_id,
-                    "AccessKeySecret": sts.access_key_secret,
-                    "SecurityToken": sts.security_token,
-                    "Expiration": sts.expiration_iso,
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Credentials)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        uri = f"http://127.0.0.1:{server.server_port}/creds"
-        kek = provider(fake, key, {"ALIBABA_CLOUD_CREDENTIALS_URI": uri})
-        await kek.preflight()
-        assert served
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def test_ack_kms_plugin_command_line_is_a_drop_in(fake: FakeAlibabaKms, short_tmp: Path) -> None:

@@ -4,7 +4,8 @@
 2. `ALIBABA_CLOUD_ACCESS_KEY_ID` / `ALIBABA_CLOUD_ACCESS_KEY_SECRET`, plus
    `ALIBABA_CLOUD_SECURITY_TOKEN` for an STS token.
 3. `ALIBABA_CLOUD_ROLE_ARN` + `ALIBABA_CLOUD_OIDC_PROVIDER_ARN` +
-   `ALIBABA_CLOUD_OIDC_TOKEN_FILE`: an OIDC role (RRSA on ACK).
+   `ALIBABA_CLOUD_OIDC_TOKEN_FILE`: an OIDC role (RRSA on ACK); STS at
+   `ALIBABA_CLOUD_STS_ENDPOINT` if set.
 4. `ALIBABA_CLOUD_CREDENTIALS_URI`: a local credentials endpoint.
 5. Otherwise the ECS instance RAM role from instance metadata (IMDSv2 token first;
    `ALIBABA_CLOUD_ECS_METADATA` names the role, else it is discovered).
@@ -35,7 +36,7 @@ class CredentialSource:
         return f"{self.kind} {public}" if public else self.kind
 
 
-def credential_source(env: Mapping[str, str], sts_endpoint: str = "") -> CredentialSource:
+def credential_source(env: Mapping[str, str]) -> CredentialSource:
     """Pick the source by the order in this module's docstring."""
     if env.get("ACCESS_KEY_ID") and env.get("ACCESS_KEY_SECRET"):
         return CredentialSource(
@@ -62,8 +63,8 @@ def credential_source(env: Mapping[str, str], sts_endpoint: str = "") -> Credent
             "oidc_token_file_path": token_file,
             "role_session_name": env.get("ALIBABA_CLOUD_ROLE_SESSION_NAME", "kmsplug"),
         }
-        if sts_endpoint:
-            config["sts_endpoint"] = sts_endpoint
+        if env.get("ALIBABA_CLOUD_STS_ENDPOINT"):  # e.g. a VPC STS endpoint
+            config["sts_endpoint"] = env["ALIBABA_CLOUD_STS_ENDPOINT"]
         return CredentialSource("oidc_role_arn", config)
     if env.get("ALIBABA_CLOUD_CREDENTIALS_URI"):
         return CredentialSource(
