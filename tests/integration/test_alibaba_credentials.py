@@ -175,3 +175,67 @@ async def test_oidc_role_credentials(
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+async def test_credential_refresh_never_drops_calls(fake: FakeAlibabaKms) -> None:
+    """Short-lived STS credentials from a URI are replaced while calls keep flowing."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import anyio
+
+    key = fake.create_key()
+    issued: list[str] = []
+
+    class Credentials(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            sts = fake.issue_sts_token(ttl=3)  # expires within the test: must be refreshed
+            issued.append(sts.access_key_id)
+            body = json.dumps(
+                {
+                    "Code": "Success",
+                    "AccessKeyId": sts.access_key_id,
+                    "AccessKeySecret": sts.access_key_secret,
+                    "SecurityToken": sts.security_token,
+                    "Expiration": sts.expiration_iso,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Credentials)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    failures: list[str] = []
+    done = 0
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}/creds"
+        kek = provider(fake, key, {"ALIBABA_CLOUD_CREDENTIALS_URI": uri})
+        end = anyio.current_time() + 5  # longer than a credential lives
+
+        async def caller() -> None:
+            nonlocal done
+            while anyio.current_time() < end:
+                try:
+                    assert await kek.unwrap(await kek.wrap(b"k" * 32)) == b"k" * 32
+                    done += 1
+                except Exception as exc:
+                    failures.append(type(exc).__name__)
+                await anyio.sleep(0.02)
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(8):
+                tasks.start_soon(caller)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert failures == []
+    assert done > 100
+    assert len(set(issued)) >= 2  # the credentials really were replaced mid-run
