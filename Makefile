@@ -75,6 +75,7 @@ format: $(VENV)/.installed ## Apply ruff format and cargo fmt
 bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:cacheprovider
 	$(PY) benches/server_throughput.py
+	$(PY) benches/alibaba_client.py
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)
