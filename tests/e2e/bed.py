@@ -4,7 +4,9 @@
 the pinned kube-apiserver (built by build-apiserver.sh into a cache outside the tree),
 writes a kubeconfig, and waits for /readyz. Processes are ended by their own PIDs.
 
-Developers: `python tests/e2e/bed.py ENCRYPTION_CONFIG` brings a bed up and waits.
+Developers: `make cluster` (with `make run` serving in another terminal) or
+`python tests/e2e/bed.py ENCRYPTION_CONFIG` brings a bed up and waits; the apiserver is
+ready only once the KMS plugin in the config answers.
 """
 
 from __future__ import annotations
@@ -114,9 +116,13 @@ class ClusterBed:
         self.encryption_config = encryption_config
         self.feature_gates = feature_gates
         self.extra_args = extra_args
-        self._start_etcd()
-        self._write_credentials()
-        self.start_apiserver(timeout=timeout)
+        try:
+            self._start_etcd()
+            self._write_credentials()
+            self.start_apiserver(timeout=timeout)
+        except BaseException:  # Ctrl-C or a failed start: leave no process behind
+            self.stop()
+            raise
         return self
 
     def _start_etcd(self) -> None:
@@ -209,13 +215,17 @@ class ClusterBed:
         self.apiserver = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status, _ = self.get("/readyz")
-            if status == 200:
-                return
-            if self.apiserver.poll() is not None:
-                break
-            time.sleep(0.25)
+        try:
+            while time.monotonic() < deadline:
+                status, _ = self.get("/readyz")
+                if status == 200:
+                    return
+                if self.apiserver.poll() is not None:
+                    break
+                time.sleep(0.25)
+        except BaseException:
+            self.stop_apiserver()
+            raise
         self.stop_apiserver()
         raise RuntimeError(
             f"kube-apiserver did not get ready:\n{_tail(self.workdir / 'apiserver.log')}"
