@@ -51,7 +51,7 @@ test: build e2e-deps ## Build, then run every test (Rust, Python, real kube-apis
 	$(PY) -m pytest tests
 
 .PHONY: cluster
-cluster: build e2e-deps ## A real etcd + kube-apiserver encrypting through `make run`'s socket
+cluster: build e2e-deps ## Real etcd + kube-apiserver using `make run`'s socket (run that first)
 	mkdir -p $(RUN_DIR)
 	$(VENV)/bin/kmsplug config --socket unix://$(abspath $(RUN_DIR))/kmsplug.sock > $(RUN_DIR)/encryption.yaml
 	$(PY) tests/e2e/bed.py $(RUN_DIR)/encryption.yaml
