@@ -35,6 +35,8 @@ class PluginProcess:
             self.endpoint.url,
             "--key-file",
             str(self.key_file),
+            "--http-address",
+            "127.0.0.1:0",  # many test processes at once: each picks a free port
             *self.args,
         ]
         log_path = self.log_path or self.key_file.with_suffix(".log")
@@ -51,6 +53,14 @@ class PluginProcess:
             time.sleep(0.02)
         self.kill()
         raise TimeoutError(f"kmsplug did not become ready:\n{self.log()}")
+
+    @property
+    def http_url(self) -> str:
+        """Where /metrics and the health endpoints answer (read from the log)."""
+        for line in self.log().splitlines():
+            if "metrics and health" in line and "url=" in line:
+                return line.split("url=", 1)[1].split()[0].removesuffix("/metrics")
+        raise LookupError("the plugin logged no HTTP endpoint")
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():

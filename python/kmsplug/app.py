@@ -29,13 +29,15 @@ def build_service(
     hierarchy: bool = True,
     policy: RotationPolicy | None = None,
     writer: RemoteKek | None = None,
+    probe_interval: float = 30.0,
 ) -> KeyService:
     """The local key file is the writer unless another provider is given; old local key
     files stay readable either way."""
     if writer is None:
         writer = LocalKek.open(key_file, create=True)
     readers = [LocalKek.open(path) for path in decrypt_key_files]
-    return KeyService(Envelope(writer, readers, hierarchy=hierarchy, policy=policy))
+    envelope = Envelope(writer, readers, hierarchy=hierarchy, policy=policy)
+    return KeyService(envelope, probe_interval=probe_interval)
 
 
 def alibaba_provider(

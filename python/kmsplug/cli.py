@@ -122,6 +122,23 @@ def main() -> None:
     help="Seconds to let calls in flight finish after SIGTERM.",
 )
 @click.option(
+    "--http-address",
+    default="127.0.0.1:8095",
+    show_default=True,
+    envvar="KMSPLUG_HTTP_ADDRESS",
+    show_envvar=True,
+    help="/metrics, /healthz, /livez, /readyz (host:port; port 0 picks one; '' turns it off).",
+)
+@click.option(
+    "--health-probe-interval",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    envvar="KMSPLUG_HEALTH_PROBE_INTERVAL",
+    show_envvar=True,
+    help="Seconds between background checks of the write KEK (wrap+unwrap for remote KMSes).",
+)
+@click.option(
     "--provider-name",
     default="kmsplug",
     show_default=True,
@@ -240,6 +257,8 @@ def serve(
     enable_v1: bool,
     socket_mode: int,
     grace_period: float,
+    http_address: str,
+    health_probe_interval: float,
     provider_name: str,
     log_level: str,
     log_format: str,
@@ -272,6 +291,7 @@ def serve(
         grace_period=grace_period,
         v2_status_version=v2_status_version,
         enable_v1=enable_v1,
+        http_address=http_address,
     )
     try:
         writer = None
@@ -299,6 +319,7 @@ def serve(
             decrypt_key_files=decrypt_key_files,
             hierarchy=mode == "hierarchy" and compat == "none",
             writer=writer,
+            probe_interval=health_probe_interval,
         )
         anyio.run(
             lambda: serve(

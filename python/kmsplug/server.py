@@ -18,6 +18,8 @@ import grpc
 
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError
+from kmsplug.metrics import Metrics
+from kmsplug.ops_http import Lifecycle, OpsServer, parse_address
 from kmsplug.service import KeyService
 from kmsplug.servicers import InflightCounter, register
 from kmsplug.sockets import SocketGuard
@@ -43,6 +45,8 @@ class ServerSettings:
     grace_period: float = 15.0
     v2_status_version: str = "v2"
     enable_v1: bool = True
+    http_address: str = "127.0.0.1:8095"
+    """/metrics, /healthz, /livez, /readyz; empty to turn the endpoint off."""
 
 
 def new_grpc_server() -> grpc.aio.Server:
@@ -86,6 +90,10 @@ async def serve(
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     await service.start()
     inflight = InflightCounter()
+    metrics = Metrics()
+    metrics.watch(service)
+    lifecycle = Lifecycle()
+    ops = OpsServer(service, metrics, lifecycle)
     with SocketGuard(settings.endpoint) as guard:
         server = new_grpc_server()
         register(
@@ -94,8 +102,18 @@ async def serve(
             inflight,
             v2_status_version=settings.v2_status_version,
             enable_v1=settings.enable_v1,
+            metrics=metrics,
         )
         await _bind(server, guard, settings.socket_mode)
+        if settings.http_address:
+            try:
+                address = await ops.start(*parse_address(settings.http_address))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"cannot serve HTTP on {settings.http_address!r}: {exc}"
+                ) from None
+            log.info("metrics and health", extra={"url": f"http://{address}/metrics"})
+        lifecycle.serving = True
         log.info("serving", extra={"endpoint": str(settings.endpoint)})
         if on_ready is not None:
             on_ready()
@@ -106,9 +124,12 @@ async def serve(
                     log.info("stopping", extra={"signal": signal.Signals(signum).name})
                     break
                 guard.remove_socket()
+                lifecycle.draining = True
                 tasks.start_soon(_stop_now_on_second_signal, signals, server)
                 await _drain(inflight, settings.grace_period)
                 await server.stop(grace=1.0)
+                lifecycle.serving = False
+                await ops.stop()
                 tasks.cancel_scope.cancel()
     log.info("stopped")
 

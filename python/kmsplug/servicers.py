@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -27,6 +28,7 @@ from kmsplug.errors import (
     ProviderUnavailable,
     UnknownKeyId,
 )
+from kmsplug.metrics import Metrics
 from kmsplug.service import KeyService
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,8 @@ Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Re
 
 
 def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
-    """Count the call in flight and turn exceptions into status codes."""
+    """Count the call in flight, time it, and turn exceptions into status codes."""
+    name = method.__name__
 
     @functools.wraps(method)
     async def handler(
@@ -81,16 +84,21 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         inflight: InflightCounter = self.inflight
         inflight.value += 1
         inflight.started += 1
+        started = time.perf_counter()
+        outcome = "OK"
         try:
             return await method(self, request, context)
         except Exception as exc:
             code, message = status_for(exc)
+            outcome = code.name
             if code == grpc.StatusCode.INTERNAL:
-                log.error("unexpected error in %s", method.__name__, exc_info=exc)
+                log.error("unexpected error in %s", name, exc_info=exc)
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
             inflight.value -= 1
+            if self.metrics is not None:
+                self.metrics.observe(self.api, name, outcome, time.perf_counter() - started)
 
     return handler
 
@@ -98,9 +106,14 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 class V1beta1Servicer(v1_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
     """KMS v1beta1 (deprecated in Kubernetes 1.28, still used with KMSv1=true)."""
 
-    def __init__(self, service: KeyService, inflight: InflightCounter) -> None:
+    api = "v1beta1"
+
+    def __init__(
+        self, service: KeyService, inflight: InflightCounter, metrics: Metrics | None = None
+    ) -> None:
         self.service = service
         self.inflight = inflight
+        self.metrics = metrics
 
     @_rpc
     async def Version(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
@@ -123,14 +136,21 @@ class V1beta1Servicer(v1_grpc.KeyManagementServiceServicer):  # type: ignore[mis
 class V2Servicer(v2_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
     """KMS v2 (GA since Kubernetes 1.29)."""
 
+    api = "v2"
+
     def __init__(
-        self, service: KeyService, inflight: InflightCounter, status_version: str = "v2"
+        self,
+        service: KeyService,
+        inflight: InflightCounter,
+        status_version: str = "v2",
+        metrics: Metrics | None = None,
     ) -> None:
         if status_version not in V2_STATUS_VERSIONS:
             raise ValueError(f"v2 status version must be one of {V2_STATUS_VERSIONS}")
         self.service = service
         self.inflight = inflight
         self.status_version = status_version
+        self.metrics = metrics
 
     @_rpc
     async def Status(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -163,12 +183,13 @@ def register(
     *,
     v2_status_version: str = "v2",
     enable_v1: bool = True,
+    metrics: Metrics | None = None,
 ) -> None:
     """Serve both API versions on one server: gRPC routes by full method name."""
     v2_grpc.add_KeyManagementServiceServicer_to_server(
-        V2Servicer(service, inflight, v2_status_version), server
+        V2Servicer(service, inflight, v2_status_version, metrics), server
     )
     if enable_v1:
         v1_grpc.add_KeyManagementServiceServicer_to_server(
-            V1beta1Servicer(service, inflight), server
+            V1beta1Servicer(service, inflight, metrics), server
         )

@@ -227,6 +227,7 @@ def test_ack_kms_plugin_command_line_is_a_drop_in(fake: FakeAlibabaKms, short_tm
         "ACCESS_KEY_SECRET": access.access_key_secret,
         "CREDENTIAL_INTERVAL": "480",
         "KMSPLUG_KMS_PROTOCOL": "http",  # the fake speaks plain HTTP; ack always uses HTTPS
+        "KMSPLUG_HTTP_ADDRESS": "127.0.0.1:0",
     }
     ack = [sys.executable, "-c", "from kmsplug.cli import ack_main; ack_main()"]
     log = (short_tmp / "ack.log").open("wb")

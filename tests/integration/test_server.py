@@ -231,7 +231,7 @@ async def test_sigterm_under_load_loses_no_call(plugin: PluginProcess) -> None:
             plugin.signal(signal.SIGTERM)
     assert results == {"ok": 3000, "failed": 0}
     assert plugin.wait(30) == 0
-    assert not Path(plugin.endpoint.path).exists()  # noqa: ASYNC240
+    assert not Path(plugin.endpoint.path).exists()
     assert "stopped" in plugin.log()
 
 

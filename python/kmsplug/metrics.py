@@ -1,0 +1,130 @@
+"""Prometheus metrics: what an operator watches, none of it secret.
+
+Per-call instruments are pre-bound to their labels so a call costs a few microseconds.
+Keyring and provider figures are read at scrape time by a collector, not counted twice.
+key_id appears only as a short SHA-256 hash, like the apiserver's own metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from kmsplug.service import KeyService
+
+#: 10 us .. 5 s: resolves the tens of microseconds a local call takes.
+LATENCY_BUCKETS = (
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+
+
+def key_id_hash(key_id: str) -> str:
+    return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()[:16]
+
+
+class Metrics:
+    """The plugin's instruments, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "kmsplug_requests",
+            "gRPC calls handled, by API version, method and status code.",
+            ["api", "method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "kmsplug_request_duration_seconds",
+            "Time spent handling a gRPC call inside the plugin.",
+            ["api", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, api: str, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(api, method, code).inc()
+        self.latency.labels(api, method).observe(seconds)
+
+    def watch(self, service: KeyService) -> None:
+        """Report the service's keyring, provider and health figures at scrape time."""
+        self.registry.register(_ServiceCollector(service))
+
+
+class _ServiceCollector(Collector):
+    def __init__(self, service: KeyService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        service = self.service
+        envelope = service.envelope
+        stats = envelope.stats()
+        healthy = GaugeMetricFamily(
+            "kmsplug_healthy", "1 when the last health probe of the write KEK passed."
+        )
+        healthy.add_metric([], 1.0 if service.status().healthy else 0.0)
+        yield healthy
+        key = GaugeMetricFamily(
+            "kmsplug_key_id_info", "The current write key_id, hashed.", labels=["key_id_hash"]
+        )
+        key.add_metric([key_id_hash(envelope.key_id)], 1.0)
+        yield key
+        seals = GaugeMetricFamily(
+            "kmsplug_local_kek_seals", "DEKs sealed under the current local KEK."
+        )
+        seals.add_metric([], float(stats.get("seals", 0)))
+        yield seals
+        age = GaugeMetricFamily("kmsplug_local_kek_age_seconds", "Age of the current local KEK.")
+        age.add_metric([], float(stats.get("current_age_seconds", 0)))
+        yield age
+        rotations = CounterMetricFamily(
+            "kmsplug_local_kek_rotations", "Local KEKs retired for a new one."
+        )
+        rotations.add_metric([], float(stats.get("rotations", 0)))
+        yield rotations
+        cache = GaugeMetricFamily("kmsplug_kek_cache_size", "Unwrapped local KEKs held in memory.")
+        cache.add_metric([], float(stats.get("cache_len", 0)))
+        yield cache
+        lookups = CounterMetricFamily(
+            "kmsplug_kek_cache_lookups", "Local KEK lookups on open.", labels=["result"]
+        )
+        lookups.add_metric(["hit"], float(stats.get("cache_hits", 0)))
+        lookups.add_metric(["miss"], float(stats.get("cache_misses", 0)))
+        yield lookups
+        yield from _provider_metrics(service)
+
+
+def _provider_metrics(service: KeyService) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    from kmsplug.providers.resilient import Resilient
+
+    calls = CounterMetricFamily(
+        "kmsplug_remote_calls",
+        "Calls to the remote KMS, by provider, operation and outcome.",
+        labels=["provider", "operation", "outcome"],
+    )
+    retries = CounterMetricFamily(
+        "kmsplug_remote_retries", "Remote calls retried.", labels=["provider"]
+    )
+    throttled = CounterMetricFamily(
+        "kmsplug_remote_throttled", "Remote calls refused for quota.", labels=["provider"]
+    )
+    shared = CounterMetricFamily(
+        "kmsplug_remote_unwraps_shared",
+        "Unwraps answered by another caller's in-flight call (single-flight).",
+        labels=["provider"],
+    )
+    for provider in service.envelope.providers:
+        if not isinstance(provider, Resilient):
+            continue
+        for (operation, outcome), count in provider.stats.calls.items():
+            calls.add_metric([provider.kind, operation, outcome], float(count))
+        retries.add_metric([provider.kind], float(provider.stats.retries))
+        throttled.add_metric([provider.kind], float(provider.stats.throttled))
+        shared.add_metric([provider.kind], float(provider.stats.shared_unwraps))
+    yield from (calls, retries, throttled, shared)
