@@ -163,6 +163,14 @@ def main() -> None:
     show_envvar=True,
 )
 @click.option(
+    "--audit-log",
+    default="",
+    envvar="KMSPLUG_AUDIT_LOG",
+    show_envvar=True,
+    help="Write the audit trail (every remote KMS call, every key event) as JSON lines to "
+    "this file ('-' for stdout); default: with the other logs.",
+)
+@click.option(
     "--event-loop",
     type=click.Choice(["uvloop", "asyncio"]),
     default="uvloop",
@@ -262,6 +270,7 @@ def serve(
     provider_name: str,
     log_level: str,
     log_format: str,
+    audit_log: str,
     event_loop: str,
     provider: str,
     remote_key: str,
@@ -284,7 +293,7 @@ def serve(
     del enable_kms_v1  # v1 is on by default; --disable-v1 turns it off
     if gloglevel is not None:
         log_level = "debug" if gloglevel > 0 else "info"
-    log.setup(log_level, log_format)
+    log.setup(log_level, log_format, audit_log)
     settings = ServerSettings(
         endpoint=endpoint,
         socket_mode=socket_mode,

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+AUDIT_LOGGER = "kmsplug.audit"
+
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
@@ -52,10 +54,26 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup(level: str = "info", fmt: str = "text") -> None:
+def setup(level: str = "info", fmt: str = "text", audit: str = "") -> None:
+    """Logs to stderr; the audit trail (remote KMS calls, key events) to `audit` if given.
+
+    The audit trail is one JSON object per line, whatever the log format, so it can be
+    shipped and queried as is. `audit="-"` writes it to stdout.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_DropBytes())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    audit_logger = logging.getLogger(AUDIT_LOGGER)
+    audit_logger.handlers.clear()
+    audit_logger.propagate = not audit
+    if audit:
+        target: logging.Handler = (
+            logging.StreamHandler(sys.stdout) if audit == "-" else logging.FileHandler(audit)
+        )
+        target.setFormatter(JsonFormatter())
+        target.addFilter(_DropBytes())
+        audit_logger.addHandler(target)
+        audit_logger.setLevel(logging.INFO)

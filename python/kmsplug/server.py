@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import anyio
 import grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 # grpc core cancels calls beyond ~1,000 waiting for a handler by default; the apiserver
 # can send thousands at once after a restart, so size the queue deliberately.
 MAX_PENDING_CALLS = 65536
+
+# The gRPC health service answers for the server as a whole and for each KMS service.
+GRPC_HEALTH_NAMES = ("", "v2.KeyManagementService", "v1beta1.KeyManagementService")
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
@@ -104,6 +109,8 @@ async def serve(
             enable_v1=settings.enable_v1,
             metrics=metrics,
         )
+        health = grpc_health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
         await _bind(server, guard, settings.socket_mode)
         if settings.http_address:
             try:
@@ -114,6 +121,8 @@ async def serve(
                 ) from None
             log.info("metrics and health", extra={"url": f"http://{address}/metrics"})
         lifecycle.serving = True
+        for name in GRPC_HEALTH_NAMES:
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"endpoint": str(settings.endpoint)})
         if on_ready is not None:
             on_ready()
@@ -125,6 +134,7 @@ async def serve(
                     break
                 guard.remove_socket()
                 lifecycle.draining = True
+                await health.enter_graceful_shutdown()
                 tasks.start_soon(_stop_now_on_second_signal, signals, server)
                 await _drain(inflight, settings.grace_period)
                 await server.stop(grace=1.0)

@@ -16,6 +16,7 @@ import anyio
 from kmsplug.envelope import Envelope
 
 log = logging.getLogger(__name__)
+audit = logging.getLogger("kmsplug.audit")
 
 HEALTHY = "ok"
 
@@ -86,7 +87,9 @@ class KeyService:
         """Check the key, make the first local KEK and the first health verdict."""
         for line in await self.envelope.writer.preflight():
             log.info("preflight: %s", line)
+            audit.info("preflight passed", extra={"event": "preflight", "detail": line})
         await self.envelope.start()
+        self._audit_key("new local KEK", "rotation")
         await self.probe()
 
     async def probe(self) -> None:
@@ -126,7 +129,24 @@ class KeyService:
                 except Exception as exc:  # the next refresh tries again
                     log.warning("key refresh failed", extra={"error": type(exc).__name__})
             if self.envelope.needs_rotation():
+                before = self.envelope.key_id
                 try:
                     await self.envelope.rotate()
                 except Exception as exc:  # retried on the next tick; seals go on meanwhile
                     log.warning("local KEK rotation failed", extra={"error": type(exc).__name__})
+                else:
+                    self._audit_key("new local KEK", "rotation")
+                    if self.envelope.key_id != before:
+                        self._audit_key("key_id changed", "new-key-id", previous=before)
+
+    def _audit_key(self, message: str, event: str, **extra: str) -> None:
+        stats = self.envelope.stats()
+        audit.info(
+            message,
+            extra={
+                "event": event,
+                "key_id": self.envelope.key_id,
+                "rotations": stats.get("rotations", 0),
+                **extra,
+            },
+        )

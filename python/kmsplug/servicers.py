@@ -91,8 +91,20 @@ def _rpc(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         except Exception as exc:
             code, message = status_for(exc)
             outcome = code.name
+            uid = getattr(request, "uid", "")  # v2 callers send one per request
             if code == grpc.StatusCode.INTERNAL:
-                log.error("unexpected error in %s", name, exc_info=exc)
+                log.error("unexpected error in %s", name, exc_info=exc, extra={"uid": uid})
+            else:
+                log.debug(
+                    "%s refused",
+                    name,
+                    extra={
+                        "api": self.api,
+                        "code": outcome,
+                        "uid": uid,
+                        "error": type(exc).__name__,
+                    },
+                )
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
         finally:

@@ -127,3 +127,46 @@ async def test_logs_hold_no_dek_in_any_encoding(plugin_factory: PluginFactory) -
             assert form not in raw
     key = plugin.key_file.read_bytes()
     assert key not in raw and key.hex().encode() not in raw and base64.b64encode(key) not in raw
+
+
+async def test_grpc_health_service_on_the_socket(plugin: PluginProcess) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(plugin.endpoint.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "v2.KeyManagementService", "v1beta1.KeyManagementService"):
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_audit_trail_records_remote_calls_and_key_events(
+    fake: FakeAlibabaKms,
+    plugin_factory: PluginFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    short_tmp: object,
+) -> None:
+    import json
+    from pathlib import Path
+
+    key = fake.create_key()
+    env = env_for(fake)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    trail = Path(str(short_tmp)) / "audit.jsonl"
+    plugin = plugin_factory(
+        *("--provider", "alibaba", "--key-id", key, "--region", fake.region),
+        *("--kms-endpoint", fake.host, "--kms-protocol", "http", "--audit-log", str(trail)),
+    )
+    async with KmsClient(plugin.endpoint) as client:
+        dek = secrets.token_bytes(32)
+        assert await client.v1_decrypt(await client.v1_encrypt(dek)) == dek
+    assert plugin.terminate() == 0
+    records = [json.loads(line) for line in trail.read_text().splitlines()]
+    events = {r.get("event") for r in records}
+    assert {"preflight", "rotation"} <= events
+    calls = [r for r in records if r.get("operation")]
+    assert {c["operation"] for c in calls} >= {"wrap", "health"}  # KEK wrap, probe round trip
+    assert all(c["provider"] == "alibaba" and c["outcome"] for c in calls)
+    assert all(c["request_id"] and c["latency_ms"] >= 0 for c in calls if c["outcome"] == "ok")
+    text = trail.read_text()
+    assert env["ACCESS_KEY_SECRET"] not in text and dek.hex() not in text

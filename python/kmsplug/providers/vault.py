@@ -54,7 +54,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -69,10 +69,7 @@ from kmsplug.errors import (
     ProviderTransient,
 )
 from kmsplug.providers.base import RemoteKek
-from kmsplug.providers.resilient import note_call
-
-if TYPE_CHECKING:
-    from kmsplug.providers.resilient import ResiliencePolicy
+from kmsplug.providers.resilient import ResiliencePolicy, Resilient, note_call
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +205,9 @@ class VaultKek(RemoteKek):
         if method not in AUTH_METHODS:
             raise ConfigError(f"vault: auth method must be one of {', '.join(AUTH_METHODS)}")
         if method == "token" and not (settings.token or settings.token_file):
-            raise ConfigError("vault: no credentials (VAULT_TOKEN, a token file, AppRole or a role)")
+            raise ConfigError(
+                "vault: no credentials (VAULT_TOKEN, a token file, AppRole or a role)"
+            )
         if method == "approle" and not settings.role_id:
             raise ConfigError("vault: AppRole needs a role_id (KMSPLUG_VAULT_ROLE_ID)")
         if method in ("kubernetes", "jwt") and not settings.role:
@@ -239,8 +238,9 @@ class VaultKek(RemoteKek):
         # token state
         self._token = ""
         self._ttl = 0.0  # seconds the token was last granted; 0: never expires
-        self._granted = 0.0  # monotonic time of that grant
         self._renewable = False
+        self._expires_at = math.inf  # monotonic
+        self._renew_after = math.inf  # monotonic
         self._token_lock = asyncio.Lock()
         self._renewer: asyncio.Task[None] | None = None
         self.renewals = 0
@@ -349,13 +349,23 @@ class VaultKek(RemoteKek):
         token = await self._current_token()
         path = self._paths[operation]
         response = await self._send(method, path, body, token)
-        if response.status_code in (401, 403) and await self._recover(token):
-            response = await self._send(method, path, body, self._token)
+        verdict = "policy"
         if response.status_code in (401, 403):
+            verdict = await self._recover(token)
+            if verdict == "retry":
+                response = await self._send(method, path, body, self._token)
+                verdict = "policy"
+        if response.status_code in (401, 403):
+            if verdict == "token":
+                raise ProviderRefused(
+                    "Vault refused the token: expired, revoked or unknown (or its policy "
+                    "lacks auth/token/lookup-self); give a valid one (VAULT_TOKEN or "
+                    f"KMSPLUG_VAULT_TOKEN_FILE) or use AppRole / Kubernetes auth {self._where()}"
+                )
             capability = "read" if operation == "read" else "update"
             raise ProviderRefused(
                 f'Vault denied {operation}: the token\'s policy lacks "{capability}" on '
-                f'"{path}" or the key does not exist; {_policy_hint(self.settings)} '
+                f'"{path}" (or the key does not exist); {_policy_hint(self.settings)} '
                 f"{self._where()}"
             )
         if response.status_code >= 300:
@@ -364,21 +374,17 @@ class VaultKek(RemoteKek):
 
     # -- tokens ------------------------------------------------------------------------
 
-    def _expires_in(self) -> float:
-        if not self._ttl:
-            return math.inf
-        return self._granted + self._ttl - time.monotonic()
-
     def _renew_due(self) -> bool:
-        if not self._ttl:
-            return False
-        return time.monotonic() >= self._granted + self._ttl * RENEW_AT
+        return time.monotonic() >= self._renew_after
 
     def _adopt(self, auth: Mapping[str, Any], token: str | None = None) -> None:
+        """Take a token and its lease (a login's `auth`, a renewal's, or lookup-self data)."""
         self._token = token or str(auth.get("client_token") or "")
         self._ttl = float(auth.get("lease_duration") or auth.get("ttl") or 0)
         self._renewable = bool(auth.get("renewable"))
-        self._granted = time.monotonic()
+        now = time.monotonic()
+        self._expires_at = now + self._ttl if self._ttl else math.inf
+        self._renew_after = now + self._ttl * RENEW_AT if self._ttl else math.inf
 
     async def _current_token(self) -> str:
         if not self._token or self._renew_due():
@@ -392,24 +398,25 @@ class VaultKek(RemoteKek):
 
     async def _obtain(self) -> None:
         """A token from the configured source: the setting, the file, or a login."""
-        method = self.settings.method
-        if method != "token":
+        if self.settings.method != "token":
             await self._login()
             return
         token = await self._read_token_file() if self.settings.token_file else self.settings.token
         await self._adopt_token(token)
 
     async def _read_token_file(self) -> str:
-        path = self.settings.token_file
+        token = await self._read_secret_file(self.settings.token_file, "Vault token")
+        if not token:
+            raise ProviderRefused(f"the Vault token file {self.settings.token_file} is empty")
+        return token
+
+    async def _read_secret_file(self, path: str, what: str) -> str:
         try:
-            token = (await anyio.Path(path).read_text()).strip()
+            return (await anyio.Path(path).read_text()).strip()
         except OSError as exc:
             raise ProviderRefused(
-                f"cannot read the Vault token file {path}: {type(exc).__name__}"
+                f"cannot read the {what} file {path}: {type(exc).__name__}"
             ) from None
-        if not token:
-            raise ProviderRefused(f"the Vault token file {path} is empty")
-        return token
 
     async def _adopt_token(self, token: str) -> None:
         """Use a token given to us; learn its TTL (lookup-self) to renew it in time."""
@@ -418,8 +425,7 @@ class VaultKek(RemoteKek):
             self._adopt(_data(response), token)
         elif response.status_code in (401, 403):
             # Expired or unknown, or a policy without lookup-self: the calls will tell.
-            self._token, self._ttl, self._renewable = token, 0.0, False
-            self._granted = time.monotonic()
+            self._adopt({}, token)
         else:
             raise self._error(response, "token lookup")
 
@@ -435,35 +441,31 @@ class VaultKek(RemoteKek):
             if secret_id:
                 body["secret_id"] = secret_id
         else:
-            jwt = await self._read_secret_file(settings.jwt_file, "JWT")
-            body = {"role": settings.role, "jwt": jwt}
+            body = {
+                "role": settings.role,
+                "jwt": await self._read_secret_file(settings.jwt_file, "JWT"),
+            }
         response = await self._send("POST", f"auth/{quote(mount, safe='/')}/login", body, None)
-        if response.status_code != 200:
-            if response.status_code in (429,) or response.status_code >= 500:
-                raise self._error(response, "login")
+        if response.status_code == 429 or response.status_code >= 500:
+            raise self._error(response, "login")
+        auth = _auth(response) if response.status_code == 200 else {}
+        if not auth.get("client_token"):
             text = _errors_text(response, (*self._secrets, *body.values()))
+            what = "role_id and secret_id" if settings.method == "approle" else "role and JWT"
             raise ProviderRefused(
                 f"Vault {settings.method} login at auth/{mount} refused: {text}; check the "
-                f"{'role_id and secret_id' if settings.method == 'approle' else 'role and JWT'}"
-                f" {self._where()}"
+                f"{what} {self._where()}"
             )
-        try:
-            auth = response.json()["auth"]
-            assert isinstance(auth, dict) and auth.get("client_token")
-        except (ValueError, KeyError, TypeError, AssertionError):
-            raise ProviderTransient(f"Vault login returned no token {self._where()}") from None
         self._adopt(auth)
         self.logins += 1
-        log.info(
-            "vault login",
-            extra={"method": settings.method, "mount": mount, "ttl": self._ttl},
-        )
+        log.info("vault login", extra={"method": settings.method, "mount": mount, "ttl": self._ttl})
 
-    async def _read_secret_file(self, path: str, what: str) -> str:
-        try:
-            return (await anyio.Path(path).read_text()).strip()
-        except OSError as exc:
-            raise ProviderRefused(f"cannot read the {what} file {path}: {type(exc).__name__}") from None
+    def _retry_renewal_soon(self) -> None:
+        """Renewal failed for now: keep the token we have and try again shortly."""
+        remaining = self._expires_at - time.monotonic()
+        if remaining <= 0:
+            raise ProviderTransient(f"the Vault token expired and renewal failed {self._where()}")
+        self._renew_after = time.monotonic() + min(1.0, remaining / 4)
 
     async def _refresh_token(self) -> None:
         """Renew the token before it expires; log in again when renewal cannot help."""
@@ -477,66 +479,60 @@ class VaultKek(RemoteKek):
             previous = self._ttl
             try:
                 response = await self._send("POST", "auth/token/renew-self", {}, self._token)
-            except KmsplugError:
-                if self._expires_in() <= 0:
-                    raise
-                self._granted += 1.0  # keep the token we have; try again in a second
-                self._ttl = max(self._ttl, 1.0)
+            except ProviderTransient:
+                self._retry_renewal_soon()
                 return
-            if response.status_code == 200:
-                auth = response.json().get("auth") or {}
+            if response.status_code == 429 or response.status_code >= 500:
+                self._retry_renewal_soon()
+                return
+            auth = _auth(response) if response.status_code == 200 else {}
+            if auth:
                 self._adopt(auth, self._token)
                 self.renewals += 1
                 log.info("vault token renewed", extra={"ttl": self._ttl})
                 # Capped by the token's max TTL: a fresh login beats a dying token.
                 if not (can_login and self._ttl < previous * RENEW_AT):
                     return
-            elif response.status_code in (429,) or response.status_code >= 500:
-                if self._expires_in() <= 0:
-                    raise self._error(response, "token renewal")
-                self._granted += 1.0
-                return
         if can_login:
             await self._login()
             return
-        # A token we cannot renew nor replace: use it while Vault accepts it.
-        log.warning("vault token cannot be renewed; it expires", extra={"ttl": self._ttl})
-        self._ttl = 0.0
+        # A token we can neither renew nor replace: use it while Vault accepts it.
+        log.warning("vault token cannot be renewed", extra={"expires_in": self._ttl})
+        self._renew_after = math.inf
 
-    async def _recover(self, refused: str) -> bool:
-        """After a 403: whether a new token is worth one more try (the old one is dead)."""
+    async def _recover(self, refused: str) -> str:
+        """After a 403: "retry" with a new token, or why not ("policy" or "token")."""
         async with self._token_lock:
             if self._token != refused:
-                return True  # someone else replaced it meanwhile
+                return "retry"  # replaced meanwhile
             check = await self._send("GET", "auth/token/lookup-self", None, refused)
             if check.status_code == 200:
-                return False  # the token is fine: its policy is what refuses
+                return "policy"  # the token is fine: its policy is what refuses
             if self.settings.method != "token":
                 await self._login()
-                return True
+                return "retry"
             if self.settings.token_file:
                 token = await self._read_token_file()
                 if token != refused:
                     await self._adopt_token(token)
-                    return True
-            return False
+                    return "retry"
+            return "token"
 
     def _start_renewer(self) -> None:
-        if self._ttl and (self._renewer is None or self._renewer.done()):
+        if self._renew_after < math.inf and (self._renewer is None or self._renewer.done()):
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
 
     async def _renew_forever(self) -> None:
         """Keep the token alive between calls (hierarchy mode calls Vault rarely)."""
-        while self._ttl:
-            wait = self._granted + self._ttl * RENEW_AT - time.monotonic()
-            await anyio.sleep(max(wait, 0.05))
+        while self._renew_after < math.inf:
+            await anyio.sleep(max(self._renew_after - time.monotonic(), 0.05))
             try:
                 async with self._token_lock:
                     if self._renew_due():
                         await self._refresh_token()
             except Exception as exc:  # the next loop or the next call tries again
                 log.warning("vault token renewal failed", extra={"error": type(exc).__name__})
-                await anyio.sleep(min(1.0, max(self._ttl / 10, 0.1)))
+                await anyio.sleep(0.5)
 
     # -- Transit -----------------------------------------------------------------------
 
@@ -629,6 +625,15 @@ def _data(response: httpx.Response) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _auth(response: httpx.Response) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return {}
+    auth = payload.get("auth") if isinstance(payload, dict) else None
+    return auth if isinstance(auth, dict) else {}
+
+
 def _loopback(address: str) -> bool:
     try:
         host = httpx.URL(address).host
@@ -690,15 +695,13 @@ def vault_provider(
     `env`: KMSPLUG_VAULT_TOKEN / VAULT_TOKEN, or KMSPLUG_VAULT_TOKEN_FILE; an AppRole
     without a secret_id takes KMSPLUG_VAULT_SECRET_ID(_FILE).
     """
-    from kmsplug.providers.resilient import Resilient
-
-    if not (settings.auth or settings.token or settings.token_file or settings.role_id):
-        if not settings.role:
-            settings = replace(
-                settings,
-                token=_env(env, "KMSPLUG_VAULT_TOKEN", "VAULT_TOKEN"),
-                token_file=_env(env, "KMSPLUG_VAULT_TOKEN_FILE"),
-            )
+    configured = (settings.auth, settings.token, settings.token_file, settings.role_id)
+    if not any(configured) and not settings.role:
+        settings = replace(
+            settings,
+            token=_env(env, "KMSPLUG_VAULT_TOKEN", "VAULT_TOKEN"),
+            token_file=_env(env, "KMSPLUG_VAULT_TOKEN_FILE"),
+        )
     if settings.method == "approle" and not (settings.secret_id or settings.secret_id_file):
         settings = replace(
             settings,

@@ -1,0 +1,1 @@
+"""Helpers for testing the Vault provider against a real OpenBao dev server."""
