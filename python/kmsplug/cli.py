@@ -37,6 +37,50 @@ def _octal(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
     return mode
 
 
+def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Read a YAML file of settings into the command's defaults (flags and env still win).
+
+    Keys are the long flag names (`key-file` or `key_file`); an unknown key is an error that
+    names it, and values are checked exactly as the flags are.
+    """
+    if not value:
+        return
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(value).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc}", ctx, param) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value} must hold a mapping of settings", ctx, param)
+    by_flag: dict[str, str] = {}
+    for option in ctx.command.params:
+        for flag in getattr(option, "opts", []):
+            if flag.startswith("--"):
+                by_flag[flag[2:].replace("-", "_")] = option.name or ""
+    defaults: dict[str, object] = {}
+    for key, setting in data.items():
+        name = by_flag.get(str(key).replace("-", "_"))
+        if not name or name == param.name:
+            raise click.BadParameter(f"{value}: unknown setting {key!r}", ctx, param)
+        defaults[name] = setting
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+config_file_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="KMSPLUG_CONFIG",
+    show_envvar=True,
+    is_eager=True,
+    expose_value=False,
+    callback=_load_config_file,
+    help="YAML file of settings (keys are flag names); flags and environment override it.",
+)
+
 socket_option = click.option(
     "--socket",
     "--path-to-unix-socket",  # ack-kms-plugin's name, so its manifests work unchanged
@@ -57,6 +101,7 @@ def main() -> None:
 
 
 @main.command()
+@config_file_option
 @socket_option
 @click.option(
     "--key-file",
@@ -406,6 +451,13 @@ def health(endpoint: Endpoint, timeout: float) -> None:
     "--cachesize", type=int, default=None, help="v1 only: the apiserver's DEK cache size."
 )
 @click.option(
+    "--check",
+    "check_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Instead: validate a kmsplug settings file for `serve --config` and exit.",
+)
+@click.option(
     "--identity-fallback/--no-identity-fallback",
     default=True,
     show_default=True,
@@ -418,10 +470,15 @@ def config(
     timeout: str,
     resources: tuple[str, ...],
     cachesize: int | None,
+    check_file: str | None,
     identity_fallback: bool,
 ) -> None:
     """Print an EncryptionConfiguration for kube-apiserver that uses this plugin."""
     from kmsplug.encryption_config import encryption_configuration, to_yaml
+
+    if check_file is not None:
+        _check_settings(check_file)
+        return
 
     try:
         document = encryption_configuration(
@@ -602,3 +659,11 @@ def _drop_glog(args: list[str]) -> list[str]:
     """glog flags ack-kms-plugin accepted and kmsplug has no use for."""
     ignored = ("--logtostderr", "--alsologtostderr", "-logtostderr", "-alsologtostderr")
     return [a for a in args if a.split("=", 1)[0] not in ignored]
+
+
+def _check_settings(path: str) -> None:
+    """Parse `serve --config PATH` the way serve would, without serving."""
+    context = serve.make_context("kmsplug serve", ["--config", path], resilient_parsing=False)
+    with context:
+        values = {k: v for k, v in context.params.items() if v not in (None, (), "")}
+    click.echo(f"{path}: ok ({len(values)} settings resolved)")
