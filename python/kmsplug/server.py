@@ -128,6 +128,7 @@ async def serve(
             on_ready()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(service.run_background)
+            tasks.start_soon(_reload_on_sighup, service)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -142,6 +143,14 @@ async def serve(
                 await ops.stop()
                 tasks.cancel_scope.cancel()
     log.info("stopped")
+
+
+async def _reload_on_sighup(service: KeyService) -> None:
+    """SIGHUP: re-read the remote key now (new version, new credentials) without a restart."""
+    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("SIGHUP: reloading the write key")
+            await service.reload()
 
 
 async def _stop_now_on_second_signal(signals: object, server: grpc.aio.Server) -> None:

@@ -139,6 +139,19 @@ class KeyService:
                     if self.envelope.key_id != before:
                         self._audit_key("key_id changed", "new-key-id", previous=before)
 
+    async def reload(self) -> None:
+        """Re-read the write key's state, rotate if it moved, and probe health; no call drops."""
+        before = self.envelope.key_id
+        try:
+            await self.envelope.writer.refresh()
+            if self.envelope.needs_rotation():
+                await self.envelope.rotate()
+        except Exception as exc:  # the old state keeps serving
+            log.warning("reload failed", extra={"error": type(exc).__name__})
+            return
+        await self.probe()
+        self._audit_key("reloaded", "reload", previous=before)
+
     def _audit_key(self, message: str, event: str, **extra: str) -> None:
         stats = self.envelope.stats()
         audit.info(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import grpc
 import pytest
 
 from kmsplug.app import build_service
@@ -266,3 +267,45 @@ def test_ack_kms_plugin_command_line_is_a_drop_in(fake: FakeAlibabaKms, short_tm
         serve.wait(30)
     assert serve.returncode == 0
     assert access.access_key_secret not in (short_tmp / "ack.log").read_text()
+
+
+async def test_sighup_picks_up_a_cmk_rotation_without_dropping_calls(
+    fake: FakeAlibabaKms, plugin_factory: PluginFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    key = fake.create_key()
+    for name, value in env_for(fake).items():
+        monkeypatch.setenv(name, value)
+    plugin = plugin_factory(
+        *("--provider", "alibaba", "--key-id", key, "--region", fake.region),
+        *("--kms-endpoint", fake.host, "--kms-protocol", "http"),
+    )
+    async with KmsClient(plugin.endpoint) as client:
+        old = await client.v2_status()
+        before = await client.v2_encrypt(b"o" * 32)
+        new_version = fake.rotate_key(key)
+        failures = 0
+        done = anyio.Event()
+
+        async def load() -> None:
+            nonlocal failures
+            while not done.is_set():
+                try:
+                    await client.v1_decrypt(await client.v1_encrypt(b"k" * 32))
+                except grpc.aio.AioRpcError:
+                    failures += 1
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(load)
+            plugin.signal(signal.SIGHUP)
+            with anyio.fail_after(10):
+                while (await client.v2_status()).key_id == old.key_id:  # noqa: ASYNC110 - polling the plugin
+                    await anyio.sleep(0.05)
+            done.set()
+        status = await client.v2_status()
+        assert status.key_id == f"alibaba:{key}:{new_version}"
+        assert (await client.v2_encrypt(b"n" * 32)).key_id == status.key_id
+        assert await client.v2_decrypt(before.ciphertext, before.key_id) == b"o" * 32
+        assert failures == 0
+    assert plugin.proc is not None and plugin.proc.poll() is None  # SIGHUP did not stop it

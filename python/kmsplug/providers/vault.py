@@ -508,6 +508,8 @@ class VaultKek(RemoteKek):
             check = await self._send("GET", "auth/token/lookup-self", None, refused)
             if check.status_code == 200:
                 return "policy"  # the token is fine: its policy is what refuses
+            if check.status_code not in (401, 403):
+                raise self._error(check, "token lookup")
             if self.settings.method != "token":
                 await self._login()
                 return "retry"
@@ -695,8 +697,7 @@ def vault_provider(
     `env`: KMSPLUG_VAULT_TOKEN / VAULT_TOKEN, or KMSPLUG_VAULT_TOKEN_FILE; an AppRole
     without a secret_id takes KMSPLUG_VAULT_SECRET_ID(_FILE).
     """
-    configured = (settings.auth, settings.token, settings.token_file, settings.role_id)
-    if not any(configured) and not settings.role:
+    if settings.method == "token" and not (settings.token or settings.token_file):
         settings = replace(
             settings,
             token=_env(env, "KMSPLUG_VAULT_TOKEN", "VAULT_TOKEN"),
