@@ -339,6 +339,9 @@ def serve(
     if gloglevel is not None:
         log_level = "debug" if gloglevel > 0 else "info"
     log.setup(log_level, log_format, audit_log)
+    from kmsplug.hardening import harden_process
+
+    harden_process()  # before any key is read
     settings = ServerSettings(
         endpoint=endpoint,
         socket_mode=socket_mode,

@@ -297,3 +297,10 @@ async def test_any_authority_is_accepted(plugin: PluginProcess) -> None:
         stub = api_pb2_grpc.KeyManagementServiceStub(channel)
         status = await stub.Status(api_pb2.StatusRequest(), timeout=5)
         assert status.healthz == "ok"
+
+
+def test_process_writes_no_core_dump(plugin: PluginProcess) -> None:
+    limits = Path(f"/proc/{plugin.pid}/limits").read_text()
+    core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"]
+    assert "core dumps off" in plugin.log() and "not dumpable" in plugin.log()
