@@ -41,9 +41,10 @@ run: build ## Serve on the embedded local key (socket and key under .run/)
 		--key-file $(abspath $(RUN_DIR))/local.key
 
 .PHONY: e2e-deps
-e2e-deps: ## Install etcd and build the pinned kube-apiserver (cached outside the tree)
+e2e-deps: ## Install etcd, build the pinned kube-apiserver and helm (cached outside the tree)
 	tests/e2e/install-deps.sh
 	tests/e2e/build-apiserver.sh
+	tests/e2e/build-helm.sh
 
 .PHONY: test
 test: build e2e-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd)

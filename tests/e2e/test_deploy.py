@@ -87,3 +87,48 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         if "kmsplug.service" in line and "kube-apiserver.service" not in line
     ]
     assert problems == [], result.stderr
+
+
+def helm() -> str:
+    out = subprocess.run(
+        [str(Path(__file__).parent / "build-helm.sh")], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_helm_chart_lints_renders_and_validates(
+    plugin: PluginProcess, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    chart = DEPLOY / "helm" / "kmsplug"
+    lint = subprocess.run([helm(), "lint", str(chart)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    refused = subprocess.run(
+        [helm(), "template", "kmsplug", str(chart), "--set", "provider=alibaba"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode != 0 and "alibaba.keyId is required" in refused.stderr
+    rendered = subprocess.run(
+        [
+            helm(),
+            "template",
+            "kmsplug",
+            str(chart),
+            "--namespace",
+            "kube-system",
+            "--set",
+            "provider=alibaba,alibaba.keyId=alias/k8s,alibaba.region=cn-hangzhou",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (daemonset,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "DaemonSet"]
+    args = daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--key-id=alias/k8s" in args and "--provider=alibaba" in args
+    bed = bed_factory(pointed_at("encryption-config-v2.yaml", plugin, short_tmp / "enc.yaml"))
+    from kubernetes import client
+
+    apps = client.AppsV1Api(bed.core().api_client)
+    created = apps.create_namespaced_daemon_set("kube-system", daemonset, dry_run="All")
+    assert created.metadata.name == "kmsplug"
