@@ -137,7 +137,8 @@ class DevServer:
         response = self.client().request(method, f"/v1/{path}", json=body, headers=headers)
         if response.status_code >= 300:
             raise VaultApiError(response.status_code, response.json().get("errors", []))
-        return response.json() if response.content else {}
+        payload: dict[str, Any] = response.json() if response.content else {}
+        return payload
 
     def enable_transit(self, mount: str = "transit", namespace: str = "") -> None:
         self.api("POST", f"sys/mounts/{mount}", {"type": "transit"}, namespace=namespace)
@@ -149,7 +150,8 @@ class DevServer:
         return name
 
     def key(self, name: str, mount: str = "transit") -> dict[str, Any]:
-        return self.api("GET", f"{mount}/keys/{name}")["data"]
+        data: dict[str, Any] = self.api("GET", f"{mount}/keys/{name}")["data"]
+        return data
 
     def rotate(self, name: str, mount: str = "transit") -> int:
         self.api("POST", f"{mount}/keys/{name}/rotate")
@@ -182,19 +184,23 @@ class DevServer:
         return str(self.api("POST", "auth/token/create", body)["auth"]["client_token"])
 
     def lookup(self, token: str) -> dict[str, Any]:
-        return self.api("POST", "auth/token/lookup", {"token": token})["data"]
+        data: dict[str, Any] = self.api("POST", "auth/token/lookup", {"token": token})["data"]
+        return data
 
     def revoke(self, token: str) -> None:
         self.api("POST", "auth/token/revoke", {"token": token})
 
-    def approle(self, role: str, *policies: str, **options: Any) -> tuple[str, str]:
+    def approle(
+        self, role: str, *policies: str, ttl: str = "60s", max_ttl: str = "600s"
+    ) -> tuple[str, str]:
         """Enable AppRole (once) and make a role; return its role_id and a secret_id."""
         try:
             self.api("POST", "sys/auth/approle", {"type": "approle"})
         except VaultApiError as exc:
             if "already in use" not in str(exc.errors):
                 raise
-        self.api("POST", f"auth/approle/role/{role}", {"token_policies": list(policies), **options})
+        options = {"token_policies": list(policies), "token_ttl": ttl, "token_max_ttl": max_ttl}
+        self.api("POST", f"auth/approle/role/{role}", options)
         role_id = self.api("GET", f"auth/approle/role/{role}/role-id")["data"]["role_id"]
         secret_id = self.api("POST", f"auth/approle/role/{role}/secret-id")["data"]["secret_id"]
         return str(role_id), str(secret_id)

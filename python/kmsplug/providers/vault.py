@@ -490,14 +490,18 @@ class VaultKek(RemoteKek):
                 self._adopt(auth, self._token)
                 self.renewals += 1
                 log.info("vault token renewed", extra={"ttl": self._ttl})
+                if self._ttl >= previous * RENEW_AT:
+                    return
                 # Capped by the token's max TTL: a fresh login beats a dying token.
-                if not (can_login and self._ttl < previous * RENEW_AT):
+                if not can_login:
+                    log.warning("vault token nears its max TTL", extra={"ttl": self._ttl})
                     return
         if can_login:
             await self._login()
             return
         # A token we can neither renew nor replace: use it while Vault accepts it.
-        log.warning("vault token cannot be renewed", extra={"expires_in": self._ttl})
+        remaining = self._expires_at - time.monotonic()
+        log.warning("vault token cannot be renewed", extra={"expires_in": round(remaining)})
         self._renew_after = math.inf
 
     async def _recover(self, refused: str) -> str:
@@ -526,15 +530,18 @@ class VaultKek(RemoteKek):
 
     async def _renew_forever(self) -> None:
         """Keep the token alive between calls (hierarchy mode calls Vault rarely)."""
+        failures = 0
         while self._renew_after < math.inf:
             await anyio.sleep(max(self._renew_after - time.monotonic(), 0.05))
             try:
                 async with self._token_lock:
                     if self._renew_due():
                         await self._refresh_token()
+                failures = 0
             except Exception as exc:  # the next loop or the next call tries again
+                failures += 1
                 log.warning("vault token renewal failed", extra={"error": type(exc).__name__})
-                await anyio.sleep(0.5)
+                await anyio.sleep(min(30.0, 0.25 * 2**failures))
 
     # -- Transit -----------------------------------------------------------------------
 
