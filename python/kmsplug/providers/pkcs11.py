@@ -2,18 +2,24 @@
 
 Every PKCS#11 call blocks, so it runs in a worker thread (at most `max_sessions` at a
 time), each on a session of its own taken from a pool that is shared by every provider of
-this process on the same token. The pool logs in once, on a session it keeps open for
-that purpose only (the login state of a token is per process in PKCS#11); the working
-sessions inherit it. A session-level failure (token removed, session closed, logged out)
-drops the pool and surfaces as transient: the resilience layer retries on a fresh login.
-A PIN the token rejected is never tried again (HSMs lock a PIN after a few failures): fix
-the PIN file, then the next call reads it and tries the new PIN.
+this process on the same token. The calls themselves are serialised by one process-wide
+lock: python-pkcs11 initialises the module with C_Initialize(NULL), which tells it that no
+two threads call it at once, and SoftHSM2 then takes no locks of its own (concurrent
+calls crash it). The event loop never waits: it is the worker threads that queue.
+
+The pool logs in once, on a session it keeps open for that purpose only (the login state
+of a token is per process in PKCS#11); the working sessions inherit it. A session-level
+failure (token removed, session closed, logged out) drops the pool and surfaces as
+transient: the resilience layer retries on a fresh login. A PIN the token rejected is
+never tried again (HSMs lock a PIN after a few failures): fix the PIN file, then the next
+call reads it and tries the new PIN.
 
 Mechanisms:
 - `aes-gcm` (default): CKM_AES_GCM, a 12-byte IV drawn from the token's RNG, a 16-byte
   tag, AAD = the key_id bytes of the HSM key used;
-- `aes-key-wrap`: CKM_AES_KEY_WRAP_PAD (C_WrapKey of a session-only generic secret), for
-  HSMs without GCM. SoftHSM2 implements that mechanism as RFC 5649 (KWP).
+- `aes-key-wrap`: CKM_AES_KEY_WRAP_PAD (C_WrapKey of a session-only generic secret holding
+  length(2) || secret || zero padding), for HSMs without GCM. SoftHSM2 implements that
+  mechanism as RFC 5649 (KWP). It is deterministic: the same secret wraps the same way.
 
 Wrapped blob: 1 mechanism byte (1 = GCM, 2 = key wrap) || the key's 8-byte fingerprint ||
 GCM: iv(12) || ct || tag(16); key wrap: the token's output. The fingerprint tells unwrap
@@ -41,7 +47,7 @@ Environment (`pkcs11_settings_from_env`):
     KMSPLUG_PKCS11_KEY_LABEL   AES key label (required)
     KMSPLUG_PKCS11_KEY_ID      hex CKA_ID of the write key (optional, see above)
     KMSPLUG_PKCS11_MECHANISM   aes-gcm (default) | aes-key-wrap
-    KMSPLUG_PKCS11_SESSIONS    worker threads and sessions (default 4)
+    KMSPLUG_PKCS11_SESSIONS    worker threads and sessions (default 2)
 """
 
 from __future__ import annotations
@@ -85,6 +91,9 @@ MAX_KEYS_PER_LABEL = 64
 RESCAN_INTERVAL = 1.0
 """Seconds between two token scans for a key fingerprint a blob names but no key has."""
 SESSION_WAIT = 5.0
+#: The reference mock's ciphertext sizes: nonce(12) || a 32-byte DEK or seed || tag(16).
+MOCK_CIPHERTEXT_SIZES = frozenset({IV_BYTES + 32 + GCM_TAG_BYTES})
+_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
 _PROBE = b"kmsplug-pkcs11-health-probe-0001"
 
 
@@ -101,7 +110,8 @@ class Pkcs11Settings:
     key_id_hex: str = ""
     """CKA_ID (hex) of the write key; empty: the key of the label with the highest CKA_ID."""
     mechanism: str = "aes-gcm"
-    max_sessions: int = 4
+    max_sessions: int = 2
+    """Worker threads (and sessions) at most; the PKCS#11 calls themselves are serialised."""
 
     def validate(self) -> None:
         if not self.token_label:
@@ -315,13 +325,14 @@ def classify(exc: Exception, settings: Pkcs11Settings, operation: str) -> Kmsplu
 
 # -- the session pool -------------------------------------------------------------------
 
-_libraries_lock = threading.Lock()
+#: Held around every call into a PKCS#11 module (see the module docstring).
+_pkcs11_lock = threading.RLock()
 
 
 def _load_library(path: str) -> Any:
     import pkcs11
 
-    with _libraries_lock:  # two threads must not both C_Initialize one module
+    with _pkcs11_lock:  # also: two threads must not both C_Initialize one module
         try:
             return pkcs11.lib(path)
         except Exception as exc:
@@ -363,21 +374,26 @@ class TokenPool:
                 f"all {self.max_sessions} sessions of token {self.token_label!r} are busy"
             )
         try:
-            current = self._take(pin, settings)
-            broken = False
+            if not _pkcs11_lock.acquire(timeout=SESSION_WAIT):
+                raise ProviderTransient(f"the PKCS#11 module is busy (token {self.token_label!r})")
             try:
-                yield current
-            except _SessionLost:
-                broken = True
-                self.reset(current.generation)
-                raise
-            except KmsplugError:
-                raise  # the token answered: the session is fine
-            except BaseException:
-                broken = True  # interrupted: an operation may be left half-done
-                raise
+                current = self._take(pin, settings)
+                broken = False
+                try:
+                    yield current
+                except _SessionLost:
+                    broken = True
+                    self.reset(current.generation)
+                    raise
+                except KmsplugError:
+                    raise  # the token answered: the session is fine
+                except BaseException:
+                    broken = True  # interrupted: an operation may be left half-done
+                    raise
+                finally:
+                    self._give_back(current, broken)
             finally:
-                self._give_back(current, broken)
+                _pkcs11_lock.release()
         finally:
             self._slots.release()
 
@@ -430,7 +446,7 @@ class TokenPool:
 
     def reset(self, generation: int | None = None) -> None:
         """Drop every session (and the login) of `generation` (default: the current one)."""
-        with self._lock:
+        with _pkcs11_lock, self._lock:
             if generation is None or generation == self._generation:
                 self._drop()
 
@@ -532,7 +548,11 @@ class Pkcs11Kek(RemoteKek):
                 except Exception as exc:
                     raise classify(exc, self.settings, operation) from None
 
-        return await anyio.to_thread.run_sync(in_thread, limiter=self._limiter)
+        # abandon_on_cancel: a hung token must not hold the caller past its deadline; the
+        # thread finishes (or times out waiting for a session) on its own.
+        return await anyio.to_thread.run_sync(
+            in_thread, limiter=self._limiter, abandon_on_cancel=True
+        )
 
     def _scan_session(self, current: _Session) -> list[KeyInfo]:
         """List the AES keys of the label in this session and remember their objects."""
@@ -684,14 +704,17 @@ class Pkcs11Kek(RemoteKek):
     # -- the reference mock's ciphertexts ----------------------------------------------
 
     def claims_legacy(self, ciphertext: bytes) -> bool:
-        """Our own blobs (direct mode) and the reference mock's `nonce || ct || tag`."""
+        """Our own blobs (direct mode) and the reference mock's `nonce || ct || tag`.
+
+        Envelope asks the providers in turn and the first to claim a ciphertext decrypts
+        it, so the claim is narrow: our blobs by their header and a fingerprint of a key
+        of the label; the mock's by their exact size (a 32-byte DEK or KMS v2 seed is all
+        an apiserver ever gave it) and by not being text (another plugin's ciphertext,
+        e.g. Alibaba's base64 CiphertextBlob or Vault's `vault:v1:...`).
+        """
         if self._is_ours(ciphertext):
             return True
-        return (
-            IV_BYTES + GCM_TAG_BYTES
-            < len(ciphertext)
-            <= IV_BYTES + MAX_WRAP_INPUT + (GCM_TAG_BYTES)
-        )
+        return len(ciphertext) in MOCK_CIPHERTEXT_SIZES and not _is_text(ciphertext)
 
     def _is_ours(self, ciphertext: bytes) -> bool:
         try:
@@ -776,6 +799,10 @@ class Pkcs11Kek(RemoteKek):
             await anyio.to_thread.run_sync(_release_pool, self._pool)
 
 
+def _is_text(data: bytes) -> bool:
+    return all(byte in _TEXT_BYTES for byte in data)
+
+
 def _attribute(key: Any, attribute: Any, default: Any) -> Any:
     try:
         return key[attribute]
@@ -825,7 +852,7 @@ def _key_wrap(current: _Session, key: Any, plaintext: bytes) -> bytes:
         {
             Attribute.CLASS: ObjectClass.SECRET_KEY,
             Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
-            Attribute.VALUE: plaintext,
+            Attribute.VALUE: _frame(plaintext),
             **_secret_template(),
         }
     )
@@ -849,10 +876,27 @@ def _key_unwrap(current: _Session, key: Any, body: bytes) -> bytes:
         template=_secret_template(),
     )
     try:
-        return bytes(secret[Attribute.VALUE])
+        return _unframe(bytes(secret[Attribute.VALUE]))
     finally:
         with suppress(Exception):
             secret.destroy()
+
+
+def _frame(plaintext: bytes) -> bytes:
+    """What key wrap encrypts: length(2) || plaintext || zeros to a multiple of 8 bytes.
+
+    The length is inside the wrapped (authenticated) bytes: SoftHSM2's unwrap returns
+    the RFC 5649 padding along with the secret, so it cannot be trusted to strip it.
+    """
+    framed = len(plaintext).to_bytes(2, "big") + plaintext
+    return framed + bytes(-len(framed) % 8)
+
+
+def _unframe(value: bytes) -> bytes:
+    size = int.from_bytes(value[:2], "big")
+    if len(value) < 2 + size or any(value[2 + size :]):
+        raise InvalidCiphertext("invalid ciphertext")
+    return value[2 : 2 + size]
 
 
 # -- settings and factory -----------------------------------------------------------------
@@ -865,7 +909,7 @@ def pkcs11_settings_from_env(env: Mapping[str, str]) -> Pkcs11Settings:
         return env.get(name, "").strip()
 
     pin_file = get("KMSPLUG_PKCS11_PIN_FILE")
-    sessions = get("KMSPLUG_PKCS11_SESSIONS") or "4"
+    sessions = get("KMSPLUG_PKCS11_SESSIONS") or "2"
     if not sessions.isdigit():
         raise ConfigError("KMSPLUG_PKCS11_SESSIONS must be a number")
     settings = Pkcs11Settings(

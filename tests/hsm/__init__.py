@@ -1,0 +1,1 @@
+"""A real SoftHSM2 token for the PKCS#11 provider's tests (install-deps.sh installs it)."""
