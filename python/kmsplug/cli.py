@@ -167,6 +167,33 @@ def main() -> None:
     help="Seconds to let calls in flight finish after SIGTERM.",
 )
 @click.option(
+    "--kek-rotate-after-seals",
+    type=click.IntRange(min=1),
+    default=1 << 22,
+    show_default=True,
+    envvar="KMSPLUG_KEK_ROTATE_AFTER_SEALS",
+    show_envvar=True,
+    help="Retire the local KEK (in the background) after this many DEKs.",
+)
+@click.option(
+    "--kek-max-seals",
+    type=click.IntRange(min=1, max=1 << 32),
+    default=1 << 24,
+    show_default=True,
+    envvar="KMSPLUG_KEK_MAX_SEALS",
+    show_envvar=True,
+    help="Hard limit of DEKs per local KEK (random 96-bit nonces: keep far below 2^32).",
+)
+@click.option(
+    "--kek-max-age",
+    type=click.FloatRange(min=1),
+    default=7 * 24 * 3600.0,
+    show_default=True,
+    envvar="KMSPLUG_KEK_MAX_AGE",
+    show_envvar=True,
+    help="Seconds before the local KEK is retired (sealing stops at twice this age).",
+)
+@click.option(
     "--http-address",
     default="127.0.0.1:8095",
     show_default=True,
@@ -310,6 +337,9 @@ def serve(
     enable_v1: bool,
     socket_mode: int,
     grace_period: float,
+    kek_rotate_after_seals: int,
+    kek_max_seals: int,
+    kek_max_age: float,
     http_address: str,
     health_probe_interval: float,
     provider_name: str,
@@ -333,6 +363,7 @@ def serve(
 
     from kmsplug import log
     from kmsplug.app import alibaba_provider, build_service, print_ready
+    from kmsplug.envelope import RotationPolicy
     from kmsplug.server import ServerSettings, serve
 
     del enable_kms_v1  # v1 is on by default; --disable-v1 turns it off
@@ -377,6 +408,11 @@ def serve(
             hierarchy=mode == "hierarchy" and compat == "none",
             writer=writer,
             probe_interval=health_probe_interval,
+            policy=RotationPolicy(
+                rotate_after_seals=min(kek_rotate_after_seals, kek_max_seals),
+                max_seals=kek_max_seals,
+                max_age_seconds=kek_max_age,
+            ),
         )
         anyio.run(
             lambda: serve(

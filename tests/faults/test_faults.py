@@ -1,0 +1,208 @@
+"""Faults injected by real mechanisms (the fake KMS's hang mode, kill -9, sustained load),
+bounded in time, on loopback only. Each test prints what the apiserver-facing calls saw.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import grpc
+import pytest
+
+from kmsplug.client import KmsClient
+
+from fakes.alibaba_kms import FakeAlibabaKms
+from fakes.alibaba_provider import env_for
+from plugin_process import PluginFactory, PluginProcess
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAlibabaKms]:
+    kms = FakeAlibabaKms().start()
+    yield kms
+    kms.stop()
+
+
+def alibaba_plugin(
+    fake: FakeAlibabaKms, plugin_factory: PluginFactory, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[PluginProcess, str]:
+    key = fake.create_key()
+    for name, value in env_for(fake).items():
+        monkeypatch.setenv(name, value)
+    plugin = plugin_factory(
+        *("--provider", "alibaba", "--key-id", key, "--region", fake.region),
+        *("--kms-endpoint", fake.host, "--kms-protocol", "http"),
+        *args,
+    )
+    return plugin, key
+
+
+def p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[int(0.99 * (len(ordered) - 1))] if ordered else 0.0
+
+
+async def test_kms_hanging_keeps_secrets_flowing_and_recovers(
+    fake: FakeAlibabaKms, plugin_factory: PluginFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin, _ = alibaba_plugin(fake, plugin_factory, monkeypatch, "--health-probe-interval", "1")
+    outage = 12.0  # seconds of a KMS that accepts and never answers (bounded)
+    async with KmsClient(plugin.endpoint, timeout=3) as client:
+        stored = [await client.v1_encrypt(secrets.token_bytes(32)) for _ in range(50)]
+        fake.set_hang(True)
+        hang_started = time.monotonic()
+        errors, latencies, unhealthy_after = 0, [], None
+        while time.monotonic() - hang_started < outage:
+            started = time.monotonic()
+            try:
+                await client.v1_decrypt(stored[len(latencies) % len(stored)])
+                await client.v1_encrypt(secrets.token_bytes(32))
+            except grpc.aio.AioRpcError:
+                errors += 1
+            latencies.append(time.monotonic() - started)
+            status = await client.v2_status()
+            if status.healthz != "ok" and unhealthy_after is None:
+                unhealthy_after = time.monotonic() - hang_started
+            await anyio.sleep(0.01)
+        fake.set_hang(False)
+        recovered_at = time.monotonic()
+        while (await client.v2_status()).healthz != "ok":
+            assert time.monotonic() - recovered_at < 15, "no recovery without a restart"
+            await anyio.sleep(0.1)
+        recovery = time.monotonic() - recovered_at
+    print(
+        f"KMS hang {outage:.0f} s: {len(latencies)} encrypt+decrypt pairs, {errors} errors, "
+        f"p99 {p99(latencies) * 1000:.1f} ms; Status unhealthy after {unhealthy_after:.1f} s; "
+        f"healthy again {recovery:.1f} s after the KMS answered"
+    )
+    assert errors == 0
+    assert p99(latencies) < 0.5
+    assert unhealthy_after is not None and unhealthy_after < 1 + 2.5 + 1.5  # poll + deadline
+
+
+async def test_cold_start_of_50k_ciphertexts_costs_one_call_per_local_kek(
+    fake: FakeAlibabaKms, plugin_factory: PluginFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin, key = alibaba_plugin(fake, plugin_factory, monkeypatch)
+    deks = [secrets.token_bytes(32) for _ in range(50_000)]
+    ciphertexts: list[bytes] = [b""] * len(deks)
+    limiter = anyio.Semaphore(64)
+    async with KmsClient(plugin.endpoint, timeout=30) as client:
+
+        async def seal(i: int) -> None:
+            async with limiter:
+                ciphertexts[i] = await client.v1_encrypt(deks[i])
+
+        async with anyio.create_task_group() as tasks:
+            for i in range(len(deks)):
+                tasks.start_soon(seal, i)
+    plugin.terminate()
+    restarted = plugin_factory(
+        *("--provider", "alibaba", "--key-id", key, "--region", fake.region),
+        *("--kms-endpoint", fake.host, "--kms-protocol", "http"),
+        key_file=plugin.key_file,
+        endpoint=plugin.endpoint,
+    )
+    fake.reset_stats()
+    wrong = 0
+    async with KmsClient(restarted.endpoint, timeout=30) as client:
+
+        async def open_one(i: int) -> None:
+            nonlocal wrong
+            async with limiter:
+                if await client.v1_decrypt(ciphertexts[i]) != deks[i]:
+                    wrong += 1
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as tasks:
+            for i in range(len(deks)):
+                tasks.start_soon(open_one, i)
+        seconds = time.monotonic() - started
+    decrypts = fake.count("Decrypt")
+    print(f"cold start: 50,000 v1 Decrypts in {seconds:.1f} s cost {decrypts} KMS Decrypt call(s)")
+    assert wrong == 0
+    assert decrypts == 1  # one local KEK sealed them all
+
+
+async def test_kill_9_under_load_loses_nothing_acknowledged(plugin_factory: PluginFactory) -> None:
+    plugin = plugin_factory()
+    acknowledged: list[tuple[bytes, bytes]] = []
+    async with KmsClient(plugin.endpoint, timeout=5) as client:
+
+        async def writer() -> None:
+            while True:
+                dek = secrets.token_bytes(32)
+                try:
+                    cipher = await client.v1_encrypt(dek)
+                except grpc.aio.AioRpcError:
+                    return  # the plugin died mid-call: not acknowledged, not counted
+                acknowledged.append((dek, cipher))
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(16):
+                tasks.start_soon(writer)
+            while len(acknowledged) < 2000:  # noqa: ASYNC110 - waiting for load to build
+                await anyio.sleep(0.01)
+            plugin.signal(signal.SIGKILL)
+    plugin.wait()
+    restarted = plugin_factory(key_file=plugin.key_file, endpoint=plugin.endpoint)  # stale socket
+    async with KmsClient(restarted.endpoint, timeout=10) as client:
+        opened = [await client.v1_decrypt(cipher) for _, cipher in acknowledged]
+    assert opened == [dek for dek, _ in acknowledged]
+    print(f"kill -9 after {len(acknowledged)} acknowledged Encrypts: all decrypt after restart")
+
+
+async def test_sustained_mixed_load_keeps_memory_flat_and_rotates(
+    plugin_factory: PluginFactory,
+) -> None:
+    # A small seal budget makes the local KEK rotate many times during the run.
+    plugin = plugin_factory("--kek-rotate-after-seals", "2000", "--kek-max-seals", "4000")
+
+    def rss_mib() -> float:
+        status = Path(f"/proc/{plugin.pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    errors = 0
+    samples: list[float] = []
+    early: list[tuple[bytes, bytes]] = []
+    async with KmsClient(plugin.endpoint, timeout=5) as client:
+        end = time.monotonic() + 20  # bounded
+
+        async def worker(n: int) -> None:
+            nonlocal errors
+            while time.monotonic() < end:
+                dek = secrets.token_bytes(32)
+                try:
+                    if n % 2:
+                        cipher = await client.v1_encrypt(dek)
+                        assert await client.v1_decrypt(cipher) == dek
+                        if len(early) < 100:
+                            early.append((dek, cipher))
+                    else:
+                        sealed = await client.v2_encrypt(dek)
+                        assert await client.v2_decrypt(sealed.ciphertext, sealed.key_id) == dek
+                except (grpc.aio.AioRpcError, AssertionError):
+                    errors += 1
+
+        async def sampler() -> None:
+            while time.monotonic() < end:
+                samples.append(rss_mib())
+                await anyio.sleep(1)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(sampler)
+            for n in range(16):
+                tasks.start_soon(worker, n)
+        assert [await client.v1_decrypt(c) for _, c in early] == [d for d, _ in early]
+    settled = samples[len(samples) // 3 :]
+    print(f"20 s mixed load: {errors} errors; RSS {min(settled):.0f}-{max(settled):.0f} MiB")
+    assert errors == 0
+    assert max(settled) - min(settled) < 16  # flat: no growth beyond the bounded caches
