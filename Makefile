@@ -41,8 +41,9 @@ run: build ## Serve on the embedded local key (socket and key under .run/)
 		--key-file $(abspath $(RUN_DIR))/local.key
 
 .PHONY: e2e-deps
-e2e-deps: ## Install etcd, build the pinned kube-apiserver and helm (cached outside the tree)
+e2e-deps: ## Install etcd and SoftHSM, build the pinned kube-apiserver and helm (cached)
 	tests/e2e/install-deps.sh
+	bash tests/hsm/install-deps.sh
 	tests/e2e/build-apiserver.sh
 	tests/e2e/build-helm.sh
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from kmsplug.encryption_config import encryption_configuration, to_yaml
 from kmsplug.envelope import Envelope, RotationPolicy
+from kmsplug.errors import ConfigError
 from kmsplug.providers.base import RemoteKek
 from kmsplug.providers.local import LocalKek
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
@@ -29,15 +30,44 @@ def build_service(
     hierarchy: bool = True,
     policy: RotationPolicy | None = None,
     writer: RemoteKek | None = None,
+    readers: Sequence[RemoteKek] = (),
     probe_interval: float = 30.0,
 ) -> KeyService:
     """The local key file is the writer unless another provider is given; old local key
-    files stay readable either way."""
+    files and the decrypt-only `readers` (another KMS being migrated from) stay readable."""
     if writer is None:
         writer = LocalKek.open(key_file, create=True)
-    readers = [LocalKek.open(path) for path in decrypt_key_files]
+    readers = [*(LocalKek.open(path) for path in decrypt_key_files), *readers]
     envelope = Envelope(writer, readers, hierarchy=hierarchy, policy=policy)
     return KeyService(envelope, probe_interval=probe_interval)
+
+
+PROVIDERS = ("local", "alibaba", "vault", "pkcs11")
+
+
+def make_provider(
+    name: str, env: Mapping[str, str], alibaba: AlibabaSettings | None = None
+) -> RemoteKek | None:
+    """A remote provider by name (None for `local`: the key file is the provider).
+
+    Vault and PKCS#11 read their settings from KMSPLUG_VAULT_* / VAULT_* and
+    KMSPLUG_PKCS11_* (see their modules); Alibaba's come from the command line.
+    """
+    if name == "local":
+        return None
+    if name == "alibaba":
+        if alibaba is None:
+            raise ConfigError("alibaba: --key-id and --region are required")
+        return alibaba_provider(alibaba, env)
+    if name == "vault":
+        from kmsplug.providers.vault import vault_provider, vault_settings_from_env
+
+        return vault_provider(vault_settings_from_env(env), env)
+    if name == "pkcs11":
+        from kmsplug.providers.pkcs11 import pkcs11_provider, pkcs11_settings_from_env
+
+        return pkcs11_provider(pkcs11_settings_from_env(env), env)
+    raise ConfigError(f"unknown provider {name!r}; one of {', '.join(PROVIDERS)}")
 
 
 def alibaba_provider(

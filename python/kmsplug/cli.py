@@ -253,12 +253,22 @@ def main() -> None:
 )
 @click.option(
     "--provider",
-    type=click.Choice(["local", "alibaba"]),
+    type=click.Choice(["local", "alibaba", "vault", "pkcs11"]),
     default="local",
     show_default=True,
     envvar="KMSPLUG_PROVIDER",
     show_envvar=True,
-    help="Where the KEK lives.",
+    help="Where the write KEK lives (vault: KMSPLUG_VAULT_*/VAULT_* settings; pkcs11: "
+    "KMSPLUG_PKCS11_*; see docs/operations.md).",
+)
+@click.option(
+    "--decrypt-provider",
+    "decrypt_providers",
+    type=click.Choice(["local", "alibaba", "vault", "pkcs11"]),
+    multiple=True,
+    envvar="KMSPLUG_DECRYPT_PROVIDERS",
+    show_envvar=True,
+    help="Also decrypt what this provider wrapped (repeatable): migrating between KMSes.",
 )
 @click.option(
     "--key-id",
@@ -348,6 +358,7 @@ def serve(
     audit_log: str,
     event_loop: str,
     provider: str,
+    decrypt_providers: tuple[str, ...],
     remote_key: str,
     region: str,
     kms_endpoint: str,
@@ -362,7 +373,7 @@ def serve(
     import os
 
     from kmsplug import log
-    from kmsplug.app import alibaba_provider, build_service, print_ready
+    from kmsplug.app import build_service, make_provider, print_ready
     from kmsplug.envelope import RotationPolicy
     from kmsplug.server import ServerSettings, serve
 
@@ -382,31 +393,31 @@ def serve(
         http_address=http_address,
     )
     try:
-        writer = None
-        if provider == "alibaba":
+        alibaba = None
+        if "alibaba" in (provider, *decrypt_providers):
             from kmsplug.providers.alibaba import (
                 ALLOWED_SPECS_DEFAULT,
                 AlibabaSettings,
                 encryption_context_from,
             )
 
-            writer = alibaba_provider(
-                AlibabaSettings(
-                    key=remote_key,
-                    region=region,
-                    endpoint=kms_endpoint.replace("%s", region),
-                    protocol=kms_protocol,
-                    encryption_context=encryption_context_from(encryption_context),
-                    allowed_specs=ALLOWED_SPECS_DEFAULT + alibaba_allow_spec,
-                    compat_ack=compat == "ack",
-                ),
-                os.environ,
+            alibaba = AlibabaSettings(
+                key=remote_key,
+                region=region,
+                endpoint=kms_endpoint.replace("%s", region),
+                protocol=kms_protocol,
+                encryption_context=encryption_context_from(encryption_context),
+                allowed_specs=ALLOWED_SPECS_DEFAULT + alibaba_allow_spec,
+                compat_ack=compat == "ack",
             )
+        writer = make_provider(provider, os.environ, alibaba)
+        readers = [make_provider(name, os.environ, alibaba) for name in decrypt_providers]
         service = build_service(
             key_file=key_file,
             decrypt_key_files=decrypt_key_files,
             hierarchy=mode == "hierarchy" and compat == "none",
             writer=writer,
+            readers=[reader for reader in readers if reader is not None],
             probe_interval=health_probe_interval,
             policy=RotationPolicy(
                 rotate_after_seals=min(kek_rotate_after_seals, kek_max_seals),

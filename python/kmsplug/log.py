@@ -66,6 +66,8 @@ def setup(level: str = "info", fmt: str = "text", audit: str = "") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx logs every request at INFO; the audit trail already records each KMS call.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     audit_logger = logging.getLogger(AUDIT_LOGGER)
     audit_logger.handlers.clear()
     audit_logger.propagate = not audit

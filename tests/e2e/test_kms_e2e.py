@@ -240,3 +240,60 @@ def test_alibaba_provider_behind_a_real_apiserver(
         read_back(bed, made)
         # start-up preflight and probes only: no KMS call per Secret
         assert sum(fake.call_counts.values()) < 20
+
+
+def test_migrating_from_alibaba_to_vault_on_a_live_cluster(
+    plugin_factory: PluginFactory,
+    bed_factory: Callable[..., ClusterBed],
+    short_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two providers at once: Vault writes, Alibaba stays readable, migrate moves the rest."""
+    from vault.devserver import DevServer
+
+    with FakeAlibabaKms() as fake:
+        (short_tmp / "bao").mkdir()
+        bao = DevServer(short_tmp / "bao").start()
+        try:
+            bao.enable_transit()
+            bao.create_key("k8s")
+            cmk = fake.create_key()
+            access = fake.add_access_key()
+            for name, value in {
+                "ACCESS_KEY_ID": access.access_key_id,
+                "ACCESS_KEY_SECRET": access.access_key_secret,
+                "VAULT_ADDR": bao.address,
+                "VAULT_TOKEN": bao.root_token,
+                "KMSPLUG_VAULT_TRANSIT_KEY": "k8s",
+            }.items():
+                monkeypatch.setenv(name, value)
+            alibaba = (
+                *("--key-id", cmk, "--region", fake.region),
+                *("--kms-endpoint", fake.host, "--kms-protocol", "http"),
+            )
+            plugin = plugin_factory("--provider", "alibaba", *alibaba)
+            bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
+            old = make_secrets(bed, 10, "old")
+            (old_key_id,) = assert_stored(bed, old, b"k8s:enc:kms:v2:kmsplug:")
+            assert old_key_id.startswith("alibaba:")
+            plugin.terminate()
+            plugin = plugin_factory(
+                "--provider", "vault", "--decrypt-provider", "alibaba", *alibaba,
+                key_file=plugin.key_file, endpoint=plugin.endpoint,
+            )  # fmt: skip
+
+            def writes_use_vault() -> bool:
+                bed.get("/readyz/kms-providers")
+                probe = make_secrets(bed, 1, "probe")
+                return next(iter(assert_stored(bed, probe, b"k8s:enc:"))).startswith("vault:")
+
+            wait_for(writes_use_vault, 150, "the apiserver to pick up the Vault key_id")
+            read_back(bed, old)  # still readable through the decrypt-only Alibaba provider
+            migrated = kmsplug_cli("migrate", "--kubeconfig", str(bed.kubeconfig))
+            assert migrated.returncode == 0, migrated.stderr
+            report = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--json")
+            key_ids = {row["key_id"] for row in json.loads(report.stdout)["stored"]}
+            assert len(key_ids) == 1 and next(iter(key_ids)).startswith("vault:transit/k8s:")
+            read_back(bed, old)
+        finally:
+            bao.stop()
