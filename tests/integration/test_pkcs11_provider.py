@@ -20,7 +20,6 @@ from typing import Any
 
 import anyio
 import pytest
-from hsm.softhsm import LIBRARY, SoftHsm, ensure_installed
 
 from kmsplug.envelope import Envelope
 from kmsplug.errors import ConfigError, InvalidCiphertext, ProviderRefused, ProviderUnavailable
@@ -33,6 +32,8 @@ from kmsplug.providers.pkcs11 import (
     pkcs11_settings_from_env,
 )
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+
+from hsm.softhsm import LIBRARY, SoftHsm, ensure_installed
 
 pytestmark = pytest.mark.anyio
 

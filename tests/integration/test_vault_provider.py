@@ -17,8 +17,6 @@ from typing import Any
 
 import anyio
 import pytest
-from vault.devserver import DevServer
-from vault.jwt import JwtIssuer
 
 from kmsplug.envelope import Envelope
 from kmsplug.errors import (
@@ -37,6 +35,9 @@ from kmsplug.providers.vault import (
     vault_provider,
     vault_settings_from_env,
 )
+
+from vault.devserver import DevServer
+from vault.jwt import JwtIssuer
 
 pytestmark = pytest.mark.anyio
 
