@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class _ServiceCollector(Collector):
     def __init__(self, service: KeyService) -> None:
         self.service = service
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Family]:
         service = self.service
         envelope = service.envelope
         stats = envelope.stats()
@@ -100,8 +100,11 @@ class _ServiceCollector(Collector):
         yield from _provider_metrics(service)
 
 
-def _provider_metrics(service: KeyService) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-    from kmsplug.providers.resilient import Resilient
+Family = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
+
+
+def _provider_metrics(service: KeyService) -> Iterator[Family]:
+    from kmsplug.providers.resilient import REMOTE_BUCKETS, Resilient
 
     calls = CounterMetricFamily(
         "kmsplug_remote_calls",
@@ -119,12 +122,31 @@ def _provider_metrics(service: KeyService) -> Iterator[GaugeMetricFamily | Count
         "Unwraps answered by another caller's in-flight call (single-flight).",
         labels=["provider"],
     )
+    latency = HistogramMetricFamily(
+        "kmsplug_remote_call_duration_seconds",
+        "Time of one remote KMS call attempt.",
+        labels=["provider", "operation"],
+    )
+    expiry = GaugeMetricFamily(
+        "kmsplug_credential_expiry_seconds",
+        "Seconds until the provider's credential expires (renewed before it does).",
+        labels=["provider"],
+    )
     for provider in service.envelope.providers:
         if not isinstance(provider, Resilient):
             continue
+        for operation, row in provider.stats.latency.items():
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*REMOTE_BUCKETS, float("inf")), row[:-1], strict=True):
+                cumulative += count
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cumulative))
+            latency.add_metric([provider.kind, operation], buckets, sum_value=row[-1])
+        left = provider.credential_seconds_left()
+        if left is not None:
+            expiry.add_metric([provider.kind], left)
         for (operation, outcome), count in provider.stats.calls.items():
             calls.add_metric([provider.kind, operation, outcome], float(count))
         retries.add_metric([provider.kind], float(provider.stats.retries))
         throttled.add_metric([provider.kind], float(provider.stats.throttled))
         shared.add_metric([provider.kind], float(provider.stats.shared_unwraps))
-    yield from (calls, retries, throttled, shared)
+    yield from (calls, retries, throttled, shared, latency, expiry)

@@ -101,6 +101,8 @@ async def test_health_endpoints_flip_with_the_kms_and_recover(
         wait_for("/healthz", 200)
         assert (await client.v2_status()).healthz == "ok"
     assert sample(plugin, "kmsplug_remote_calls_total", provider="alibaba") > 0
+    timed = sample(plugin, "kmsplug_remote_call_duration_seconds_count", provider="alibaba")
+    assert timed >= sample(plugin, "kmsplug_remote_calls_total", provider="alibaba") > 0
 
 
 async def test_logs_hold_no_dek_in_any_encoding(plugin_factory: PluginFactory) -> None:

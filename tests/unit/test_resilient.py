@@ -124,3 +124,27 @@ async def test_every_remote_call_leaves_an_audit_record(caplog: pytest.LogCaptur
     ]
     assert records[1].request_id == "req-2" and records[1].key_version == "v7"  # type: ignore[attr-defined]
     assert all("plaintext" not in str(vars(r)) for r in records)
+
+
+async def test_metrics_show_remote_latency_and_credential_expiry() -> None:
+    from prometheus_client import generate_latest
+
+    from kmsplug.envelope import Envelope
+    from kmsplug.metrics import Metrics
+    from kmsplug.service import KeyService
+
+    class Expiring(ScriptedKek):
+        def credential_seconds_left(self) -> float | None:
+            return 42.0
+
+    kek = Resilient(Expiring(latency=0.002))
+    service = KeyService(Envelope(kek))
+    await service.start()
+    metrics = Metrics()
+    metrics.watch(service)
+    text = generate_latest(metrics.registry).decode()
+    assert 'kmsplug_credential_expiry_seconds{provider="scripted"} 42.0' in text
+    assert (
+        'kmsplug_remote_call_duration_seconds_count{operation="wrap",provider="scripted"}' in text
+    )
+    assert 'le="+Inf",operation="wrap",provider="scripted"} 1.0' in text

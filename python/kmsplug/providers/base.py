@@ -65,6 +65,10 @@ class RemoteKek(ABC):
     async def refresh(self) -> None:  # noqa: B027 - optional hook, most keys never move
         """Re-read the remote key's current version (a rotation there changes key_id)."""
 
+    def credential_seconds_left(self) -> float | None:
+        """Seconds until the provider's current credential expires; None if it does not."""
+        return None
+
     def claims_legacy(self, ciphertext: bytes) -> bool:
         """Whether `ciphertext` is in the format of the plugin this provider replaces."""
         del ciphertext

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextvars
 import logging
 import random
@@ -32,6 +33,9 @@ from kmsplug.errors import (
 from kmsplug.providers.base import RemoteKek
 
 audit_log = logging.getLogger("kmsplug.audit")
+
+#: Upper bounds (seconds) of the remote-call latency histogram: 1 ms .. 5 s.
+REMOTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 T = TypeVar("T")
 
@@ -100,10 +104,17 @@ class CallStats:
     retries: int = 0
     throttled: int = 0
     shared_unwraps: int = 0
+    latency: dict[str, list[float]] = field(default_factory=dict)
+    """operation -> [count per bucket of LATENCY_BUCKETS (+Inf last)..., sum of seconds]."""
 
     def count(self, operation: str, outcome: str) -> None:
         key = (operation, outcome)
         self.calls[key] = self.calls.get(key, 0) + 1
+
+    def time(self, operation: str, seconds: float) -> None:
+        row = self.latency.setdefault(operation, [0.0] * (len(REMOTE_BUCKETS) + 2))
+        row[bisect.bisect_left(REMOTE_BUCKETS, seconds)] += 1
+        row[-1] += seconds
 
 
 class Resilient(RemoteKek):
@@ -150,6 +161,9 @@ class Resilient(RemoteKek):
     def claims_legacy(self, ciphertext: bytes) -> bool:
         return self.inner.claims_legacy(ciphertext)
 
+    def credential_seconds_left(self) -> float | None:
+        return self.inner.credential_seconds_left()
+
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
         return await self._call("unwrap", lambda: self.inner.unwrap_legacy(ciphertext))
 
@@ -190,6 +204,7 @@ class Resilient(RemoteKek):
             finally:
                 current_call.reset(token)
                 self.stats.count(operation, outcome)
+                self.stats.time(operation, time.monotonic() - call_start)
                 self._audit(operation, outcome, number, info, time.monotonic() - call_start)
             if number == policy.max_attempts:
                 break

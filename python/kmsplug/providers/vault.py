@@ -374,6 +374,11 @@ class VaultKek(RemoteKek):
 
     # -- tokens ------------------------------------------------------------------------
 
+    def credential_seconds_left(self) -> float | None:
+        if math.isinf(self._expires_at):
+            return None
+        return max(0.0, self._expires_at - time.monotonic())
+
     def _renew_due(self) -> bool:
         return time.monotonic() >= self._renew_after
 
