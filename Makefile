@@ -73,6 +73,13 @@ format: $(VENV)/.installed ## Apply ruff format and cargo fmt
 	$(VENV)/bin/ruff check --fix python tests benches
 	cargo fmt --all
 
+.PHONY: fuzz
+fuzz: build ## Fuzz the decrypt path (atheris, 10 min) and the Rust parser (proptest, many cases)
+	PROPTEST_CASES=200000 cargo test -p kmsplug-core --release --quiet prop
+	mkdir -p .fuzz-corpus
+	$(PY) tests/fuzz/fuzz_decrypt.py .fuzz-corpus tests/fuzz/corpus -max_total_time=600 \
+		-artifact_prefix=.fuzz-corpus/
+
 .PHONY: bench
 bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:cacheprovider
