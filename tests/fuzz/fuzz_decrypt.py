@@ -3,7 +3,8 @@
 Every input goes through Envelope.open, as v1 (no key_id) and as v2 (with the real key_id).
 Allowed outcomes: the exact plaintext of a ciphertext this root key sealed, or
 InvalidCiphertext / UnknownKeyId. Anything else (another exception, a crash, a plaintext
-this key never sealed) is a finding. The root key is fixed so the checked-in corpus stays meaningful.
+this key never sealed) is a finding. The root key is fixed so the checked-in corpus
+stays meaningful.
 
   python tests/fuzz/fuzz_decrypt.py tests/fuzz/corpus -runs=20000     # bounded (make test)
   python tests/fuzz/fuzz_decrypt.py tests/fuzz/corpus -max_total_time=600   # make fuzz
