@@ -47,8 +47,14 @@ e2e-deps: ## Install etcd and SoftHSM, build the pinned kube-apiserver and helm 
 	tests/e2e/build-apiserver.sh
 	tests/e2e/build-helm.sh
 
+.PHONY: fuzz-deps
+fuzz-deps: ## Install cargo-fuzz when a nightly toolchain is present (it needs one)
+	@if rustup run nightly rustc --version >/dev/null 2>&1; then \
+		command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet; \
+	else echo "no nightly toolchain: cargo-fuzz targets will be skipped"; fi
+
 .PHONY: test
-test: build e2e-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd)
+test: build e2e-deps fuzz-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd)
 	cargo test --workspace --release --quiet
 	$(PY) -m pytest tests
 
@@ -74,11 +80,13 @@ format: $(VENV)/.installed ## Apply ruff format and cargo fmt
 	cargo fmt --all
 
 .PHONY: fuzz
-fuzz: build ## Fuzz the decrypt path (atheris, 10 min) and the Rust parser (proptest, many cases)
+fuzz: build fuzz-deps ## Longer fuzzing: proptest 200k cases, atheris 10 min, cargo-fuzz 2x5 min
 	PROPTEST_CASES=200000 cargo test -p kmsplug-core --release --quiet
 	mkdir -p .fuzz-corpus
 	$(PY) tests/fuzz/fuzz_decrypt.py .fuzz-corpus tests/fuzz/corpus -max_total_time=600 \
 		-artifact_prefix=.fuzz-corpus/
+	cd rust/kmsplug-core && cargo +nightly fuzz run parse -- -max_total_time=300
+	cd rust/kmsplug-core && cargo +nightly fuzz run open -- -max_total_time=300
 
 .PHONY: bench
 bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
