@@ -71,6 +71,7 @@ lint: build ## ruff, mypy, cargo fmt, clippy
 	$(VENV)/bin/mypy
 	$(PY) -m mypy.stubtest kmsplug._kmsplug
 	cargo fmt --all -- --check
+	cd rust/kmsplug-core/fuzz && cargo fmt -- --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
 
 .PHONY: format

@@ -21,7 +21,10 @@ fn fixture() -> &'static Fixture {
         let root = RootKey::from_bytes(&[7u8; 32]).expect("root key");
         let mut keyring = Keyring::new(Policy::default()).expect("keyring");
         keyring.rotate_local(&root).expect("rotate");
-        Fixture { root, keyring: Mutex::new(keyring) }
+        Fixture {
+            root,
+            keyring: Mutex::new(keyring),
+        }
     })
 }
 
