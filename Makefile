@@ -89,6 +89,10 @@ fuzz: build fuzz-deps ## Longer fuzzing: proptest 200k cases, atheris 10 min, ca
 	cd rust/kmsplug-core && cargo +nightly fuzz run parse -- -max_total_time=300
 	cd rust/kmsplug-core && cargo +nightly fuzz run open -- -max_total_time=300
 
+.PHONY: fault-long
+fault-long: build ## The KMS-hang fault test for 10 minutes (make test runs it for 12 s)
+	KMSPLUG_FAULT_SECONDS=600 $(PY) -m pytest tests/faults -k hanging -s --timeout=900
+
 .PHONY: bench
 bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:cacheprovider
