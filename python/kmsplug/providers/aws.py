@@ -1,0 +1,361 @@
+"""AWS KMS: a symmetric customer managed key (SYMMETRIC_DEFAULT) as the KEK.
+
+Calls go through boto3's synchronous client (thread-safe, one connection pool sized to the
+worker-thread limit) in worker threads. botocore's own retries are off: the resilience
+layer adds the deadline, retries with jitter, quota and audit; this module only speaks KMS.
+
+Credentials come from boto3's default chain, in this order: explicit AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) in the environment, web identity (IRSA:
+AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE), the shared config and credentials files
+(AWS_PROFILE, SSO, assume-role, credential_process), then the container (ECS / EKS Pod
+Identity) and EC2 instance metadata endpoints. boto3 refreshes expiring credentials.
+
+key_id is `aws:<key ARN>`, the ARN resolved by DescribeKey at preflight: AWS rotation is
+transparent (the ciphertext names the backing key), so it never changes for a key.
+Ciphertexts written by aws-encryption-provider (byte `1` + the raw CiphertextBlob, whose
+v2 key_id is its --key string verbatim) are recognised and decrypted through KMS.
+
+Environment (`aws_settings_from_env`): KMSPLUG_AWS_KEY (key id, ARN or alias/...),
+KMSPLUG_AWS_REGION / AWS_REGION / AWS_DEFAULT_REGION, KMSPLUG_AWS_ENDPOINT,
+KMSPLUG_AWS_ENCRYPTION_CONTEXT (JSON or a=b,c=d), KMSPLUG_AWS_TIMEOUT (seconds),
+KMSPLUG_AWS_LEGACY_KEY_IDS (comma-separated).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from kmsplug.errors import (
+    ConfigError,
+    InvalidCiphertext,
+    KmsplugError,
+    ProviderRefused,
+    ProviderThrottled,
+    ProviderTransient,
+)
+from kmsplug.providers.base import RemoteKek
+from kmsplug.providers.resilient import ResiliencePolicy, Resilient, note_call
+
+log = logging.getLogger(__name__)
+
+#: aws-encryption-provider's ciphertext: this version byte, then the raw CiphertextBlob.
+LEGACY_PREFIX = b"1"
+_THROTTLED = {"ThrottlingException", "LimitExceededException", "RequestLimitExceeded"}
+_STATE = {"DisabledException", "KMSInvalidStateException"}
+_BAD_CIPHERTEXT = {"InvalidCiphertextException", "IncorrectKeyException"}
+_TRANSIENT = {
+    "KMSInternalException",
+    "DependencyTimeoutException",
+    "InternalFailureException",
+    "ServiceUnavailableException",
+    "ExpiredTokenException",  # boto3 refreshes the credential on the next attempt
+}
+_BAD_CREDENTIALS = {
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "IncompleteSignature",
+    "InvalidClientTokenId",
+    "MissingAuthenticationToken",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AwsSettings:
+    key: str
+    """Key id, key ARN or alias (`alias/...`), as aws-encryption-provider's --key."""
+    region: str = ""
+    endpoint_url: str = ""
+    """A KMS endpoint other than the region's (VPC endpoint, FIPS, an emulator)."""
+    encryption_context: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 2.0
+    """Connect and read timeout of one HTTP call, in seconds."""
+    legacy_key_ids: tuple[str, ...] = ()
+    """v2 key_ids another plugin reported for this key (besides `key` itself)."""
+
+
+def classify_error(exc: BaseException, settings: AwsSettings, operation: str) -> KmsplugError:
+    """Turn a botocore failure into an error an operator can act on (no secrets in it).
+
+    `operation` is the KMS action ("Encrypt", "Decrypt", "DescribeKey").
+    """
+    response = getattr(exc, "response", None)
+    error = response.get("Error", {}) if isinstance(response, dict) else {}
+    meta = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
+    code = str(error.get("Code", "") or "")
+    status = int(meta.get("HTTPStatusCode", 0) or 0)
+    request_id = str(meta.get("RequestId", "") or "")
+    note_call(request_id=request_id)
+    where = f"(key {settings.key}, region {settings.region or '-'}, request {request_id or '-'})"
+    decrypting = operation == "Decrypt"
+    if not code:  # no answer from KMS: endpoint, connection, timeout, credentials lookup
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & {"NoCredentialsError", "PartialCredentialsError"}:
+            return ProviderRefused(
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, IRSA (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE) or use an "
+                f"instance/pod role {where}"
+            )
+        if "NoRegionError" in names:
+            return ProviderRefused(f"no AWS region: set AWS_REGION {where}")
+        return ProviderTransient(f"AWS KMS {operation} failed: {type(exc).__name__} {where}")
+    if code in _THROTTLED or status == 429:
+        return ProviderThrottled(f"AWS KMS quota exceeded on {operation} {where}")
+    if code == "AccessDeniedException":
+        return ProviderRefused(
+            f"AWS KMS denied {operation}: grant kms:Encrypt, kms:Decrypt and kms:DescribeKey "
+            f"on the key to this identity (key policy or IAM policy) {where}"
+        )
+    if code in _BAD_CREDENTIALS:
+        return ProviderRefused(f"AWS rejected the credentials ({code}): check them {where}")
+    if code in _BAD_CIPHERTEXT or (decrypting and code == "ValidationException"):
+        return InvalidCiphertext("invalid ciphertext")
+    if code in _TRANSIENT or code == "KeyUnavailableException" or status >= 500:
+        return ProviderTransient(f"AWS KMS {operation} failed: {code} {where}")
+    if code in _STATE:
+        return ProviderRefused(f"key is disabled or pending deletion: enable it ({code}) {where}")
+    if code == "NotFoundException":
+        return ProviderRefused(f"key not found: check the key and the region {where}")
+    if code == "InvalidKeyUsageException":
+        return ProviderRefused(f"key usage must be ENCRYPT_DECRYPT {where}")
+    return ProviderRefused(f"AWS KMS refused {operation}: {code} {where}")
+
+
+def looks_like_legacy(ciphertext: bytes) -> bool:
+    """aws-encryption-provider's ciphertext: b'1' + CiphertextBlob (kmsplug's starts 0xC9)."""
+    return len(ciphertext) > 16 and ciphertext[:1] == LEGACY_PREFIX
+
+
+class AwsKek(RemoteKek):
+    kind = "aws"
+
+    def __init__(self, settings: AwsSettings, client: Any, *, thread_limit: int = 16) -> None:
+        if not settings.key:
+            raise ConfigError(
+                "aws: the key (KMSPLUG_AWS_KEY: key id, ARN or alias/...) is required"
+            )
+        self.settings = settings
+        self._client = client
+        self._limiter = anyio.CapacityLimiter(thread_limit)
+        self._context = dict(settings.encryption_context)
+        self.key_arn = settings.key if settings.key.startswith("arn:") else ""
+
+    # -- identity ----------------------------------------------------------------------
+
+    @property
+    def key_id(self) -> str:
+        return f"aws:{self.key_arn or self.settings.key}"
+
+    def owns(self, key_id: str) -> bool:
+        return key_id == self.key_id or key_id in (
+            self.settings.key,
+            *self.settings.legacy_key_ids,
+        )
+
+    def claims_legacy(self, ciphertext: bytes) -> bool:
+        return looks_like_legacy(ciphertext)
+
+    # -- KMS calls -----------------------------------------------------------------------
+
+    async def _run(self, operation: str, call: Callable[[], Any]) -> dict[str, Any]:
+        try:
+            response = await anyio.to_thread.run_sync(
+                call, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except KmsplugError:
+            raise
+        except Exception as exc:
+            raise classify_error(exc, self.settings, operation) from None
+        if not isinstance(response, dict):
+            raise ProviderTransient(f"AWS KMS {operation} returned no answer")
+        meta = response.get("ResponseMetadata", {})
+        note_call(request_id=str(meta.get("RequestId", "")))
+        return response
+
+    async def describe(self) -> dict[str, Any]:
+        response = await self._run(
+            "DescribeKey", lambda: self._client.describe_key(KeyId=self.settings.key)
+        )
+        meta = response.get("KeyMetadata")
+        if not isinstance(meta, dict):
+            raise ProviderTransient("AWS KMS DescribeKey returned no key metadata")
+        return meta
+
+    async def refresh(self) -> None:
+        """Re-resolve the key (an alias may point elsewhere now: a new key, a new key_id)."""
+        meta = await self.describe()
+        self.key_arn = str(meta.get("Arn") or self.key_arn)
+
+    def _target(self) -> str:
+        return self.key_arn or self.settings.key
+
+    async def wrap(self, plaintext: bytes) -> bytes:
+        args: dict[str, Any] = {"KeyId": self._target(), "Plaintext": plaintext}
+        if self._context:
+            args["EncryptionContext"] = self._context
+        response = await self._run("Encrypt", lambda: self._client.encrypt(**args))
+        blob = response.get("CiphertextBlob")
+        if not isinstance(blob, bytes) or not blob:
+            raise ProviderTransient("AWS KMS Encrypt returned no ciphertext")
+        return blob
+
+    async def _decrypt(self, blob: bytes, *, key: str | None) -> bytes:
+        if not blob:
+            raise InvalidCiphertext("invalid ciphertext")
+        args: dict[str, Any] = {"CiphertextBlob": blob}
+        if key:
+            args["KeyId"] = key
+        if self._context:
+            args["EncryptionContext"] = self._context
+        response = await self._run("Decrypt", lambda: self._client.decrypt(**args))
+        plaintext = response.get("Plaintext")
+        if not isinstance(plaintext, bytes):
+            raise ProviderTransient("AWS KMS Decrypt returned no plaintext")
+        return plaintext
+
+    async def unwrap(self, wrapped: bytes) -> bytes:
+        # KeyId pins the key: a blob of another key is InvalidCiphertext, not a success.
+        return await self._decrypt(wrapped, key=self._target())
+
+    async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
+        """Decrypt what aws-encryption-provider stored: b'1' + CiphertextBlob, same context.
+
+        No KeyId: its blobs may come from an earlier --key; the blob names its key.
+        """
+        if not looks_like_legacy(ciphertext):
+            raise InvalidCiphertext("invalid ciphertext")
+        return await self._decrypt(ciphertext[len(LEGACY_PREFIX) :], key=None)
+
+    async def health(self) -> None:
+        probe = os.urandom(16)
+        if await self.unwrap(await self.wrap(probe)) != probe:
+            raise ProviderTransient("AWS KMS round trip returned other bytes")
+
+    async def preflight(self) -> list[str]:
+        """Check the key before serving; raise ProviderRefused with what to fix."""
+        meta = await self.describe()
+        state = meta.get("KeyState", "Enabled" if meta.get("Enabled") else "Disabled")
+        usage = meta.get("KeyUsage", "")
+        spec = meta.get("KeySpec") or meta.get("CustomerMasterKeySpec") or ""
+        problems = []
+        if state != "Enabled" or meta.get("Enabled") is False:
+            problems.append(f"key state is {state}, must be Enabled")
+        if usage != "ENCRYPT_DECRYPT":
+            problems.append(f"key usage is {usage}, must be ENCRYPT_DECRYPT")
+        if spec != "SYMMETRIC_DEFAULT":
+            problems.append(f"key spec is {spec}, must be SYMMETRIC_DEFAULT")
+        if problems:
+            raise ProviderRefused(f"aws key {self.settings.key}: " + "; ".join(problems))
+        self.key_arn = str(meta.get("Arn") or self.key_arn)
+        await self.health()
+        return [f"key {self.key_arn} ({spec}, {meta.get('KeyManager', '?')}) is usable"]
+
+    async def aclose(self) -> None:
+        close = getattr(self._client, "close", None)
+        if close is not None:
+            await anyio.to_thread.run_sync(close)
+
+
+def encryption_context_from(value: str) -> dict[str, str]:
+    """An encryption context as JSON (`{"a": "b"}`) or `a=b,c=d`."""
+    value = value.strip()
+    if not value:
+        return {}
+    if value.startswith("{"):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise ConfigError("aws: the encryption context is not valid JSON") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError("aws: the encryption context must be a JSON object")
+        return {str(k): str(v) for k, v in parsed.items()}
+    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ConfigError("aws: the encryption context must be JSON or a=b,c=d")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def _env(env: Mapping[str, str], *names: str, default: str = "") -> str:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return default
+
+
+def aws_settings_from_env(env: Mapping[str, str]) -> AwsSettings:
+    """Settings from the environment (names in the module docstring)."""
+    key = _env(env, "KMSPLUG_AWS_KEY")
+    if not key:
+        raise ConfigError("aws: set KMSPLUG_AWS_KEY to the key id, key ARN or alias/<name>")
+    timeout_text = _env(env, "KMSPLUG_AWS_TIMEOUT", default="2")
+    try:
+        timeout = float(timeout_text)
+    except ValueError:
+        raise ConfigError("aws: KMSPLUG_AWS_TIMEOUT must be a number of seconds") from None
+    legacy = _env(env, "KMSPLUG_AWS_LEGACY_KEY_IDS")
+    return AwsSettings(
+        key=key,
+        region=_env(env, "KMSPLUG_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+        endpoint_url=_env(env, "KMSPLUG_AWS_ENDPOINT"),
+        encryption_context=encryption_context_from(_env(env, "KMSPLUG_AWS_ENCRYPTION_CONTEXT")),
+        timeout=timeout,
+        legacy_key_ids=tuple(item.strip() for item in legacy.split(",") if item.strip()),
+    )
+
+
+def make_client(settings: AwsSettings, env: Mapping[str, str], *, pool_size: int = 16) -> Any:
+    """A boto3 KMS client: default credential chain, no botocore retries, pool = threads."""
+    try:
+        boto3 = importlib.import_module("boto3")
+        botocore_config = importlib.import_module("botocore.config")
+    except ImportError:
+        raise ConfigError("aws: the aws provider needs boto3 (pip install boto3)") from None
+    # Keys given in `env` win; otherwise boto3's chain (which also reads os.environ).
+    session = boto3.session.Session(
+        aws_access_key_id=_env(env, "AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=_env(env, "AWS_SECRET_ACCESS_KEY") or None,
+        aws_session_token=_env(env, "AWS_SESSION_TOKEN") or None,
+        profile_name=_env(env, "AWS_PROFILE") or None,
+    )
+    config = botocore_config.Config(
+        region_name=settings.region or None,
+        connect_timeout=settings.timeout,
+        read_timeout=settings.timeout,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=pool_size,
+        user_agent_extra="kmsplug",
+    )
+    try:
+        return session.client("kms", endpoint_url=settings.endpoint_url or None, config=config)
+    except Exception as exc:
+        if type(exc).__name__ == "NoRegionError":
+            raise ConfigError("aws: set AWS_REGION (or KMSPLUG_AWS_REGION)") from None
+        if type(exc).__name__ == "ProfileNotFound":
+            raise ConfigError("aws: the AWS_PROFILE named is not in the AWS config") from None
+        raise ConfigError(f"aws: cannot create the KMS client: {type(exc).__name__}") from None
+
+
+def aws_provider(
+    settings: AwsSettings,
+    env: Mapping[str, str],
+    resilience: ResiliencePolicy | None = None,
+) -> RemoteKek:
+    """The AWS KMS provider behind the resilience layer.
+
+    Static keys in `env` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN)
+    or AWS_PROFILE are used if set; otherwise boto3's default credential chain.
+    """
+    threads = 16
+    client = make_client(settings, env, pool_size=threads)
+    kek = AwsKek(settings, client, thread_limit=threads)
+    where = settings.endpoint_url or f"region {client.meta.region_name}"
+    log.info("aws kms: key %s on %s", settings.key, where)
+    return Resilient(kek, resilience)

@@ -1,0 +1,229 @@
+"""The AWS KMS provider against local-kms (tests/aws/emulator.py), a real KMS wire protocol.
+
+local-kms cannot throttle, answer 5xx, deny by policy or check credentials: those
+mappings are tested with errors as botocore raises them (botocore Stubber).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws.emulator import CREDENTIALS, REGION, LocalKms
+from botocore.exceptions import EndpointConnectionError
+from botocore.stub import Stubber
+
+from kmsplug.envelope import Envelope
+from kmsplug.errors import (
+    ConfigError,
+    InvalidCiphertext,
+    ProviderRefused,
+    ProviderThrottled,
+    ProviderTransient,
+    ProviderUnavailable,
+)
+from kmsplug.providers.aws import (
+    AwsKek,
+    AwsSettings,
+    aws_provider,
+    aws_settings_from_env,
+    classify_error,
+    make_client,
+)
+from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+
+pytestmark = pytest.mark.anyio
+
+Make = Callable[..., Resilient]
+FAST = ResiliencePolicy(deadline=1.0, max_attempts=2, backoff_base=0.01)
+
+
+@pytest.fixture(scope="module")
+def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKms]:
+    server = LocalKms(tmp_path_factory.mktemp("local-kms")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def make(kms: LocalKms) -> AsyncIterator[Make]:
+    made: list[Resilient] = []
+
+    def factory(key: str, **fields: Any) -> Resilient:
+        settings = AwsSettings(key=key, region=REGION, endpoint_url=kms.endpoint, **fields)
+        kek = aws_provider(settings, CREDENTIALS, FAST)
+        assert isinstance(kek, Resilient)
+        made.append(kek)
+        return kek
+
+    yield factory
+    for kek in made:
+        await kek.aclose()
+
+
+async def test_preflight_and_round_trip(kms: LocalKms, make: Make) -> None:
+    arn = kms.create_key()
+    kek = make(arn.rsplit("/", 1)[1])  # the bare key id
+    lines = await kek.preflight()
+    assert kek.key_id == f"aws:{arn}" and arn in lines[0]
+    dek = secrets.token_bytes(32)
+    assert await kek.unwrap(await kek.wrap(dek)) == dek
+    await kek.health()
+
+
+async def test_alias_resolves_to_the_key_arn(kms: LocalKms, make: Make) -> None:
+    arn = kms.create_key(alias="alias/kmsplug-test")
+    kek = make("alias/kmsplug-test", encryption_context={"cluster": "a"})
+    await kek.preflight()
+    assert kek.key_id == f"aws:{arn}"
+    assert kek.owns("alias/kmsplug-test") and kek.owns(f"aws:{arn}") and not kek.owns("aws:x")
+
+
+async def test_disabled_key_is_refused(kms: LocalKms, make: Make) -> None:
+    arn = kms.create_key()
+    kek = make(arn)
+    await kek.preflight()
+    wrapped = await kek.wrap(b"k" * 32)
+    kms.client().disable_key(KeyId=arn)
+    with pytest.raises(ProviderRefused, match="Enabled"):
+        await make(arn).preflight()
+    with pytest.raises(ProviderRefused, match="disabled"):
+        await kek.wrap(b"k" * 32)
+    with pytest.raises(ProviderRefused, match="disabled"):
+        await kek.unwrap(wrapped)
+
+
+async def test_missing_key_is_refused(kms: LocalKms, make: Make) -> None:
+    with pytest.raises(ProviderRefused, match="not found: check the key and the region"):
+        await make("alias/no-such-key").preflight()
+    with pytest.raises(ProviderRefused, match="not found"):
+        await make("0e4b2d8a-0000-4000-8000-000000000000").wrap(b"x")
+
+
+async def test_tampered_blob_is_invalid(kms: LocalKms, make: Make) -> None:
+    kek = make(kms.create_key())
+    await kek.preflight()
+    wrapped = bytearray(await kek.wrap(b"k" * 32))
+    wrapped[-1] ^= 1
+    with pytest.raises(InvalidCiphertext):
+        await kek.unwrap(bytes(wrapped))
+    with pytest.raises(InvalidCiphertext):
+        await kek.unwrap(b"")
+    with pytest.raises(InvalidCiphertext):  # another key's blob, decrypted with KeyId pinned
+        await kek.unwrap(await make(kms.create_key()).wrap(b"k" * 32))
+
+
+async def test_wrong_encryption_context_fails(kms: LocalKms, make: Make) -> None:
+    arn = kms.create_key()
+    wrapped = await make(arn, encryption_context={"cluster": "a"}).wrap(b"k" * 32)
+    with pytest.raises((InvalidCiphertext, ProviderRefused)):
+        await make(arn, encryption_context={"cluster": "b"}).unwrap(wrapped)
+    with pytest.raises((InvalidCiphertext, ProviderRefused)):
+        await make(arn).unwrap(wrapped)
+
+
+async def test_aws_encryption_provider_ciphertext_opens(kms: LocalKms, make: Make) -> None:
+    arn = kms.create_key(alias="alias/legacy")
+    context = {"purpose": "k8s"}
+    dek = secrets.token_bytes(32)
+    blob = kms.client().encrypt(KeyId="alias/legacy", Plaintext=dek, EncryptionContext=context)
+    legacy = b"1" + blob["CiphertextBlob"]
+    kek = make("alias/legacy", encryption_context=context)
+    await kek.preflight()
+    envelope = Envelope(kek)
+    await envelope.start()
+    assert kek.claims_legacy(legacy) and not kek.claims_legacy(b"\xc9" + legacy[1:])
+    assert await envelope.open(legacy) == dek  # v1: no key_id
+    assert await envelope.open(legacy, "alias/legacy") == dek  # v2: its --key verbatim
+    assert await envelope.open(legacy, f"aws:{arn}") == dek
+    with pytest.raises(InvalidCiphertext):
+        await envelope.open(legacy[:-1] + bytes([legacy[-1] ^ 1]))
+
+
+async def test_hierarchy_costs_one_encrypt(kms: LocalKms, make: Make) -> None:
+    kek = make(kms.create_key())
+    await kek.preflight()
+    before = kek.stats.calls.get(("wrap", "ok"), 0)
+    envelope = Envelope(kek)
+    await envelope.start()
+    sealed = [await envelope.seal(secrets.token_bytes(32)) for _ in range(1000)]
+    assert kek.stats.calls.get(("wrap", "ok"), 0) - before == 1
+    ciphertext, key_id = sealed[-1]
+    fresh = Envelope(kek)  # a restarted plugin: one Decrypt for the local KEK
+    assert len(await fresh.open(ciphertext, key_id)) == 32
+
+
+def _stubbed(code: str, status: int, method: str = "encrypt") -> AwsKek:
+    settings = AwsSettings(key="alias/k", region=REGION, endpoint_url="http://127.0.0.1:9")
+    client = make_client(settings, CREDENTIALS)
+    stubber = Stubber(client)
+    stubber.add_client_error(method, service_error_code=code, http_status_code=status)
+    stubber.activate()
+    return AwsKek(settings, client)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error", "text"),
+    [
+        ("ThrottlingException", 400, ProviderThrottled, "quota"),
+        ("LimitExceededException", 400, ProviderThrottled, "quota"),
+        ("AccessDeniedException", 400, ProviderRefused, "kms:Encrypt, kms:Decrypt"),
+        ("KMSInvalidStateException", 400, ProviderRefused, "disabled"),
+        ("KMSInternalException", 500, ProviderTransient, "KMSInternalException"),
+        ("InternalFailure", 503, ProviderTransient, "503|InternalFailure"),
+        ("UnrecognizedClientException", 400, ProviderRefused, "credentials"),
+    ],
+)
+async def test_error_mapping(code: str, status: int, error: type[Exception], text: str) -> None:
+    with pytest.raises(error, match=text):
+        await _stubbed(code, status).wrap(b"k")
+
+
+async def test_incorrect_key_is_invalid_ciphertext() -> None:
+    with pytest.raises(InvalidCiphertext):
+        await _stubbed("IncorrectKeyException", 400, "decrypt").unwrap(b"blob")
+
+
+async def test_throttling_is_retried_then_unavailable() -> None:
+    kek = Resilient(_stubbed("ThrottlingException", 400), ResiliencePolicy(max_attempts=1))
+    with pytest.raises(ProviderUnavailable):
+        await kek.wrap(b"k")
+    assert kek.stats.throttled == 1
+
+
+async def test_unreachable_endpoint_is_transient() -> None:
+    settings = AwsSettings(key="alias/k", region=REGION, endpoint_url="http://127.0.0.1:9")
+    error = classify_error(EndpointConnectionError(endpoint_url="x"), settings, "Encrypt")
+    assert isinstance(error, ProviderTransient)
+    kek = AwsKek(settings, make_client(settings, CREDENTIALS))
+    with pytest.raises(ProviderTransient):
+        await kek.wrap(b"k")
+
+
+def test_settings_from_env() -> None:
+    settings = aws_settings_from_env(
+        {
+            "KMSPLUG_AWS_KEY": "alias/k",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "KMSPLUG_AWS_ENDPOINT": "https://kms.example",
+            "KMSPLUG_AWS_ENCRYPTION_CONTEXT": "a=b, c=d",
+            "KMSPLUG_AWS_LEGACY_KEY_IDS": "x,y",
+        }
+    )
+    assert settings.region == "us-east-1" and settings.endpoint_url == "https://kms.example"
+    assert settings.encryption_context == {"a": "b", "c": "d"}
+    assert settings.legacy_key_ids == ("x", "y")
+    env = {"KMSPLUG_AWS_KEY": "k", "KMSPLUG_AWS_ENCRYPTION_CONTEXT": '{"a": "b"}'}
+    assert aws_settings_from_env(env).encryption_context == {"a": "b"}
+    for bad in ({}, {"KMSPLUG_AWS_KEY": "k", "KMSPLUG_AWS_ENCRYPTION_CONTEXT": "{x"}):
+        with pytest.raises(ConfigError):
+            aws_settings_from_env(bad)
+
+
+def test_owns_legacy_key_ids(tmp_path: Path) -> None:
+    settings = AwsSettings(key="alias/k", region=REGION, legacy_key_ids=("old",))
+    kek = AwsKek(settings, client=None)
+    assert kek.owns("old") and kek.owns("alias/k") and not kek.owns("other")
