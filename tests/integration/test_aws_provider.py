@@ -143,6 +143,20 @@ async def test_aws_encryption_provider_ciphertext_opens(kms: LocalKms, make: Mak
         await envelope.open(legacy[:-1] + bytes([legacy[-1] ^ 1]))
 
 
+async def test_direct_mode_writes_aws_encryption_provider_format(kms: LocalKms, make: Make) -> None:
+    arn = kms.create_key()
+    kek = make(arn, encryption_context={"c": "1"})
+    await kek.preflight()
+    envelope = Envelope(kek, hierarchy=False)
+    dek = secrets.token_bytes(32)
+    ciphertext, key_id = await envelope.seal(dek)
+    assert ciphertext[:1] == b"1" and key_id == f"aws:{arn}"
+    assert await envelope.open(ciphertext, key_id) == dek
+    # what aws-encryption-provider would do with it: strip the '1', Decrypt
+    blob = kms.client().decrypt(CiphertextBlob=ciphertext[1:], EncryptionContext={"c": "1"})
+    assert blob["Plaintext"] == dek
+
+
 async def test_hierarchy_costs_one_encrypt(kms: LocalKms, make: Make) -> None:
     kek = make(kms.create_key())
     await kek.preflight()
@@ -184,7 +198,7 @@ async def test_error_mapping(code: str, status: int, error: type[Exception], tex
 
 async def test_incorrect_key_is_invalid_ciphertext() -> None:
     with pytest.raises(InvalidCiphertext):
-        await _stubbed("IncorrectKeyException", 400, "decrypt").unwrap(b"blob")
+        await _stubbed("IncorrectKeyException", 400, "decrypt").unwrap(b"1" + b"b" * 32)
 
 
 async def test_throttling_is_retried_then_unavailable() -> None:

@@ -10,6 +10,10 @@ AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE), the shared config and credentials f
 (AWS_PROFILE, SSO, assume-role, credential_process), then the container (ECS / EKS Pod
 Identity) and EC2 instance metadata endpoints. boto3 refreshes expiring credentials.
 
+Wrapped blobs are b'1' + the raw CiphertextBlob, which is aws-encryption-provider's
+format: in direct mode our ciphertexts are its ciphertexts (a rollback can read them, with
+the same encryption context), and theirs ours; kmsplug's own format starts with 0xC9.
+
 key_id is `aws:<key ARN>`, the ARN resolved by DescribeKey at preflight: AWS rotation is
 transparent (the ciphertext names the backing key), so it never changes for a key.
 Ciphertexts written by aws-encryption-provider (byte `1` + the raw CiphertextBlob, whose
@@ -204,7 +208,7 @@ class AwsKek(RemoteKek):
         blob = response.get("CiphertextBlob")
         if not isinstance(blob, bytes) or not blob:
             raise ProviderTransient("AWS KMS Encrypt returned no ciphertext")
-        return blob
+        return LEGACY_PREFIX + blob
 
     async def _decrypt(self, blob: bytes, *, key: str | None) -> bytes:
         if not blob:
@@ -222,7 +226,9 @@ class AwsKek(RemoteKek):
 
     async def unwrap(self, wrapped: bytes) -> bytes:
         # KeyId pins the key: a blob of another key is InvalidCiphertext, not a success.
-        return await self._decrypt(wrapped, key=self._target())
+        if not looks_like_legacy(wrapped):
+            raise InvalidCiphertext("invalid ciphertext")
+        return await self._decrypt(wrapped[len(LEGACY_PREFIX) :], key=self._target())
 
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
         """Decrypt what aws-encryption-provider stored: b'1' + CiphertextBlob, same context.
