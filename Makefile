@@ -32,7 +32,8 @@ proto: $(PROTO_OUT)/.stamp ## Generate the protobuf/gRPC modules
 
 .PHONY: build
 build: $(VENV)/.installed proto ## Build the Rust extension into .venv (release)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+	set -o pipefail; VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet \
+		2>&1 | { grep -v "Requirement already satisfied" || true; }
 
 .PHONY: run
 run: build ## Serve on the embedded local key (socket and key under .run/)
