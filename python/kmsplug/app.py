@@ -42,7 +42,7 @@ def build_service(
     return KeyService(envelope, probe_interval=probe_interval)
 
 
-PROVIDERS = ("local", "alibaba", "vault", "pkcs11")
+PROVIDERS = ("local", "alibaba", "vault", "pkcs11", "aws")
 
 
 def make_provider(
@@ -50,8 +50,9 @@ def make_provider(
 ) -> RemoteKek | None:
     """A remote provider by name (None for `local`: the key file is the provider).
 
-    Vault and PKCS#11 read their settings from KMSPLUG_VAULT_* / VAULT_* and
-    KMSPLUG_PKCS11_* (see their modules); Alibaba's come from the command line.
+    Vault, PKCS#11 and AWS read their settings from KMSPLUG_VAULT_* / VAULT_*,
+    KMSPLUG_PKCS11_* and KMSPLUG_AWS_* / AWS_* (see their modules); Alibaba's come from
+    the command line.
     """
     if name == "local":
         return None
@@ -67,6 +68,10 @@ def make_provider(
         from kmsplug.providers.pkcs11 import pkcs11_provider, pkcs11_settings_from_env
 
         return pkcs11_provider(pkcs11_settings_from_env(env), env)
+    if name == "aws":
+        from kmsplug.providers.aws import aws_provider, aws_settings_from_env
+
+        return aws_provider(aws_settings_from_env(env), env)
     raise ConfigError(f"unknown provider {name!r}; one of {', '.join(PROVIDERS)}")
 
 

@@ -253,18 +253,18 @@ def main() -> None:
 )
 @click.option(
     "--provider",
-    type=click.Choice(["local", "alibaba", "vault", "pkcs11"]),
+    type=click.Choice(["local", "alibaba", "vault", "pkcs11", "aws"]),
     default="local",
     show_default=True,
     envvar="KMSPLUG_PROVIDER",
     show_envvar=True,
     help="Where the write KEK lives (vault: KMSPLUG_VAULT_*/VAULT_* settings; pkcs11: "
-    "KMSPLUG_PKCS11_*; see docs/operations.md).",
+    "KMSPLUG_PKCS11_*; aws: KMSPLUG_AWS_*/AWS_*; see docs/operations.md).",
 )
 @click.option(
     "--decrypt-provider",
     "decrypt_providers",
-    type=click.Choice(["local", "alibaba", "vault", "pkcs11"]),
+    type=click.Choice(["local", "alibaba", "vault", "pkcs11", "aws"]),
     multiple=True,
     envvar="KMSPLUG_DECRYPT_PROVIDERS",
     show_envvar=True,

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws.emulator import CREDENTIALS, REGION, LocalKms
 from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 
@@ -34,6 +33,8 @@ from kmsplug.providers.aws import (
     make_client,
 )
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+
+from aws.emulator import CREDENTIALS, REGION, LocalKms
 
 pytestmark = pytest.mark.anyio
 
