@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -240,11 +239,6 @@ class AlibabaKek(RemoteKek):
         )
         note_call(request_id=response.body.request_id, key_version=response.body.key_version_id)
         return base64.b64decode(response.body.plaintext)
-
-    async def health(self) -> None:
-        probe = os.urandom(16)
-        if await self.unwrap(await self.wrap(probe)) != probe:
-            raise ProviderTransient("KMS round trip returned other bytes")
 
     async def preflight(self) -> list[str]:
         """Check the key before serving; raise ProviderRefused with what to fix."""

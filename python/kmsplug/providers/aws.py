@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -238,11 +237,6 @@ class AwsKek(RemoteKek):
         if not looks_like_legacy(ciphertext):
             raise InvalidCiphertext("invalid ciphertext")
         return await self._decrypt(ciphertext[len(LEGACY_PREFIX) :], key=None)
-
-    async def health(self) -> None:
-        probe = os.urandom(16)
-        if await self.unwrap(await self.wrap(probe)) != probe:
-            raise ProviderTransient("AWS KMS round trip returned other bytes")
 
     async def preflight(self) -> list[str]:
         """Check the key before serving; raise ProviderRefused with what to fix."""

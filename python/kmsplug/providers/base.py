@@ -12,12 +12,13 @@ local key file) overrides them so that no KEK byte ever reaches Python.
 
 from __future__ import annotations
 
+import os
 import secrets
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from kmsplug.envelope import peek
-from kmsplug.errors import InvalidCiphertext
+from kmsplug.errors import InvalidCiphertext, ProviderTransient
 
 if TYPE_CHECKING:
     from kmsplug._kmsplug import Keyring
@@ -50,9 +51,15 @@ class RemoteKek(ABC):
     async def unwrap(self, wrapped: bytes) -> bytes:
         """Invert `wrap`; raise InvalidCiphertext if the blob is not ours or was altered."""
 
-    @abstractmethod
     async def health(self) -> None:
-        """Raise if the KEK cannot be used right now (unreachable, disabled, refused)."""
+        """Raise if the KEK cannot be used right now (unreachable, disabled, refused).
+
+        The default is a wrap+unwrap round trip of random bytes: it proves both
+        permissions, not only that the KMS answers.
+        """
+        probe = os.urandom(32)
+        if await self.unwrap(await self.wrap(probe)) != probe:
+            raise ProviderTransient(f"{self.kind} KMS round trip returned other bytes")
 
     async def preflight(self) -> list[str]:
         """Check at start-up that the key is usable; raise ProviderRefused saying what to fix.

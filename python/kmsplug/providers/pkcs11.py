@@ -754,11 +754,6 @@ class Pkcs11Kek(RemoteKek):
 
     # -- health, preflight, refresh ----------------------------------------------------
 
-    async def health(self) -> None:
-        probe = _PROBE
-        if await self.unwrap(await self.wrap(probe)) != probe:
-            raise ProviderTransient("PKCS#11 round trip returned other bytes")
-
     async def refresh(self) -> None:
         """Re-scan the token: a newer key of the label becomes the writer (new key_id)."""
         await self._scan()

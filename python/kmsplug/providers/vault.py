@@ -48,7 +48,6 @@ import binascii
 import contextlib
 import logging
 import math
-import os
 import re
 import ssl
 import time
@@ -586,11 +585,6 @@ class VaultKek(RemoteKek):
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
         """Decrypt what vault-kubernetes-kms stored: the Transit ciphertext text itself."""
         return await self.unwrap(ciphertext)
-
-    async def health(self) -> None:
-        probe = os.urandom(32)
-        if await self.unwrap(await self.wrap(probe)) != probe:
-            raise ProviderTransient("Transit round trip returned other bytes")
 
     async def preflight(self) -> list[str]:
         """Check the key before serving; raise ProviderRefused with what to fix."""
