@@ -6,6 +6,7 @@ can configure kmsplug either way.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError, KmsplugError
 
 DEFAULT_SOCKET = "unix:///var/run/kmsplugin/socket.sock"
+
+#: Every option shows its default and its environment twin in --help.
+option = functools.partial(click.option, show_default=True, show_envvar=True)
 DEFAULT_KEY_FILE = "/var/lib/kmsplug/local.key"
 
 
@@ -69,26 +73,23 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
-config_file_option = click.option(
+config_file_option = option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
     envvar="KMSPLUG_CONFIG",
-    show_envvar=True,
     is_eager=True,
     expose_value=False,
     callback=_load_config_file,
     help="YAML file of settings (keys are flag names); flags and environment override it.",
 )
 
-socket_option = click.option(
+socket_option = option(
     "--socket",
     "--path-to-unix-socket",  # ack-kms-plugin's name, so its manifests work unchanged
     "endpoint",
     default=DEFAULT_SOCKET,
-    show_default=True,
     envvar="KMSPLUG_SOCKET",
-    show_envvar=True,
     callback=_endpoint,
     help="unix:///path or unix:///@abstract-name (a bare /path works too).",
 )
@@ -103,235 +104,190 @@ def main() -> None:
 @main.command()
 @config_file_option
 @socket_option
-@click.option(
+@option(
     "--key-file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=DEFAULT_KEY_FILE,
-    show_default=True,
     envvar="KMSPLUG_KEY_FILE",
-    show_envvar=True,
     help="Local KEK: 32 raw bytes, mode 0600; created on first start if absent.",
 )
-@click.option(
+@option(
     "--decrypt-key-file",
     "decrypt_key_files",
     type=click.Path(path_type=Path, dir_okay=False, exists=True),
     multiple=True,
     envvar="KMSPLUG_DECRYPT_KEY_FILES",
-    show_envvar=True,
     help="Older key files that stay readable after a rotation (repeatable).",
 )
-@click.option(
+@option(
     "--mode",
     type=click.Choice(["hierarchy", "direct"]),
     default="hierarchy",
-    show_default=True,
     envvar="KMSPLUG_MODE",
-    show_envvar=True,
     help="hierarchy: DEKs sealed under a local KEK wrapped once by the provider; "
     "direct: every DEK wrapped by the provider.",
 )
-@click.option(
+@option(
     "--v2-status-version",
     type=click.Choice(["v2", "v2beta1"]),
     default="v2",
-    show_default=True,
     envvar="KMSPLUG_V2_STATUS_VERSION",
-    show_envvar=True,
     help="v2 for Kubernetes 1.29+, v2beta1 for 1.27/1.28 apiservers.",
 )
-@click.option(
+@option(
     "--enable-v1/--disable-v1",
     default=True,
-    show_default=True,
     envvar="KMSPLUG_ENABLE_V1",
-    show_envvar=True,
     help="Also serve the deprecated KMS v1beta1 API on the same socket.",
 )
-@click.option(
+@option(
     "--socket-mode",
     default="0600",
-    show_default=True,
     envvar="KMSPLUG_SOCKET_MODE",
-    show_envvar=True,
     callback=_octal,
     help="File mode of the socket.",
 )
-@click.option(
+@option(
     "--grace-period",
     type=click.FloatRange(min=0),
     default=15.0,
-    show_default=True,
     envvar="KMSPLUG_GRACE_PERIOD",
-    show_envvar=True,
     help="Seconds to let calls in flight finish after SIGTERM.",
 )
-@click.option(
+@option(
     "--kek-rotate-after-seals",
     type=click.IntRange(min=1),
     default=1 << 22,
-    show_default=True,
     envvar="KMSPLUG_KEK_ROTATE_AFTER_SEALS",
-    show_envvar=True,
     help="Retire the local KEK (in the background) after this many DEKs.",
 )
-@click.option(
+@option(
     "--kek-max-seals",
     type=click.IntRange(min=1, max=1 << 32),
     default=1 << 24,
-    show_default=True,
     envvar="KMSPLUG_KEK_MAX_SEALS",
-    show_envvar=True,
     help="Hard limit of DEKs per local KEK (random 96-bit nonces: keep far below 2^32).",
 )
-@click.option(
+@option(
     "--kek-max-age",
     type=click.FloatRange(min=1),
     default=7 * 24 * 3600.0,
-    show_default=True,
     envvar="KMSPLUG_KEK_MAX_AGE",
-    show_envvar=True,
     help="Seconds before the local KEK is retired (sealing stops at twice this age).",
 )
-@click.option(
+@option(
     "--http-address",
     default="127.0.0.1:8095",
-    show_default=True,
     envvar="KMSPLUG_HTTP_ADDRESS",
-    show_envvar=True,
     help="/metrics, /healthz, /livez, /readyz (host:port; port 0 picks one; '' turns it off).",
 )
-@click.option(
+@option(
     "--health-probe-interval",
     type=click.FloatRange(min=0.1),
     default=30.0,
-    show_default=True,
     envvar="KMSPLUG_HEALTH_PROBE_INTERVAL",
-    show_envvar=True,
     help="Seconds between background checks of the write KEK (wrap+unwrap for remote KMSes).",
 )
-@click.option(
+@option(
     "--provider-name",
     default="kmsplug",
-    show_default=True,
     envvar="KMSPLUG_PROVIDER_NAME",
-    show_envvar=True,
     help="Provider name used in the printed EncryptionConfiguration.",
 )
-@click.option(
+@option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
-    show_default=True,
     envvar="KMSPLUG_LOG_LEVEL",
-    show_envvar=True,
 )
-@click.option(
+@option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
-    show_default=True,
     envvar="KMSPLUG_LOG_FORMAT",
-    show_envvar=True,
 )
-@click.option(
+@option(
     "--audit-log",
     default="",
     envvar="KMSPLUG_AUDIT_LOG",
-    show_envvar=True,
     help="Write the audit trail (every remote KMS call, every key event) as JSON lines to "
     "this file ('-' for stdout); default: with the other logs.",
 )
-@click.option(
+@option(
     "--event-loop",
     type=click.Choice(["uvloop", "asyncio"]),
     default="uvloop",
-    show_default=True,
     envvar="KMSPLUG_EVENT_LOOP",
-    show_envvar=True,
     help="uvloop costs ~15% less CPU per call than the default asyncio loop.",
 )
-@click.option(
+@option(
     "--provider",
     type=click.Choice(["local", "alibaba", "vault", "pkcs11", "aws"]),
     default="local",
-    show_default=True,
     envvar="KMSPLUG_PROVIDER",
-    show_envvar=True,
     help="Where the write KEK lives (vault: KMSPLUG_VAULT_*/VAULT_* settings; pkcs11: "
     "KMSPLUG_PKCS11_*; aws: KMSPLUG_AWS_*/AWS_*; see docs/operations.md).",
 )
-@click.option(
+@option(
     "--decrypt-provider",
     "decrypt_providers",
     type=click.Choice(["local", "alibaba", "vault", "pkcs11", "aws"]),
     multiple=True,
     envvar="KMSPLUG_DECRYPT_PROVIDERS",
-    show_envvar=True,
     help="Also decrypt what this provider wrapped (repeatable): migrating between KMSes.",
 )
-@click.option(
+@option(
     "--key-id",
     "remote_key",
     default="",
     envvar="KMSPLUG_KEY_ID",
-    show_envvar=True,
     help="The remote KEK: an Alibaba CMK id or alias (ack-kms-plugin's --key-id).",
 )
-@click.option(
+@option(
     "--region",
     default="",
     envvar=["KMSPLUG_REGION", "ACK_KMS_REGION_ID"],
-    show_envvar=True,
     help="Cloud region of the KMS.",
 )
-@click.option(
+@option(
     "--kms-endpoint",
     default="kms-vpc.%s.aliyuncs.com",
-    show_default=True,
     envvar=["KMSPLUG_KMS_ENDPOINT", "ACK_KMS_DOMAIN"],
-    show_envvar=True,
     help="KMS host[:port]; %s becomes the region. Public: kms.%s.aliyuncs.com; "
     "a KMS instance: <instance>.cryptoservice.kms.aliyuncs.com.",
 )
-@click.option(
+@option(
     "--kms-protocol",
     type=click.Choice(["https", "http"]),
     default="https",
-    show_default=True,
     envvar="KMSPLUG_KMS_PROTOCOL",
-    show_envvar=True,
 )
-@click.option(
+@option(
     "--encryption-context",
     default='{"kmsplug": "local-kek"}',
-    show_default=True,
     envvar="KMSPLUG_ENCRYPTION_CONTEXT",
-    show_envvar=True,
     help="KMS EncryptionContext bound to every wrap (JSON or a=b,c=d); keep it stable.",
 )
-@click.option(
+@option(
     "--alibaba-allow-spec",
     multiple=True,
     help="Accept a CMK spec other than Aliyun_AES_256 (repeatable).",
 )
-@click.option(
+@option(
     "--compat",
     type=click.Choice(["none", "ack"]),
     default="none",
-    show_default=True,
     envvar="KMSPLUG_COMPAT",
-    show_envvar=True,
     help="ack: write exactly what ack-kms-plugin writes (direct mode, its key_id), so a "
     "rollback to it can read everything.",
 )
-@click.option(
+@option(
     "--enable-kms-v1",
     is_flag=True,
     hidden=True,
     help="Accepted for ack-kms-plugin compatibility; v1 is served unless --disable-v1.",
 )
-@click.option(
+@option(
     "--gloglevel",
     type=int,
     default=None,
@@ -441,13 +397,11 @@ def serve(
 
 @main.command()
 @socket_option
-@click.option(
+@option(
     "--timeout",
     type=click.FloatRange(min=0.1),
     default=5.0,
-    show_default=True,
     envvar="KMSPLUG_HEALTH_TIMEOUT",
-    show_envvar=True,
     help="Seconds to wait for the plugin.",
 )
 def health(endpoint: Endpoint, timeout: float) -> None:
@@ -464,53 +418,43 @@ def health(endpoint: Endpoint, timeout: float) -> None:
 
 @main.command()
 @socket_option
-@click.option(
+@option(
     "--api",
     type=click.Choice(["v2", "v1", "both"]),
     default="v2",
-    show_default=True,
     envvar="KMSPLUG_CONFIG_API",
-    show_envvar=True,
     help="KMS API version of the provider entry (both: a v2 and a v1 provider).",
 )
-@click.option(
+@option(
     "--name",
     default="kmsplug",
-    show_default=True,
     envvar="KMSPLUG_PROVIDER_NAME",
-    show_envvar=True,
     help="Provider name; it becomes part of every stored value's prefix.",
 )
-@click.option(
+@option(
     "--timeout",
     default="3s",
-    show_default=True,
     envvar="KMSPLUG_CONFIG_TIMEOUT",
-    show_envvar=True,
     help="Per-call deadline the apiserver uses.",
 )
-@click.option(
+@option(
     "--resource",
     "resources",
     multiple=True,
     default=("secrets",),
-    show_default=True,
     help="Resources to encrypt (repeatable).",
 )
-@click.option(
-    "--cachesize", type=int, default=None, help="v1 only: the apiserver's DEK cache size."
-)
-@click.option(
+@option("--cachesize", type=int, default=None, help="v1 only: the apiserver's DEK cache size.")
+@option(
     "--check",
     "check_file",
     type=click.Path(dir_okay=False),
     default=None,
     help="Instead: validate a kmsplug settings file for `serve --config` and exit.",
 )
-@click.option(
+@option(
     "--identity-fallback/--no-identity-fallback",
     default=True,
-    show_default=True,
     help="List identity last, so data written before encryption stays readable.",
 )
 def config(
@@ -546,40 +490,35 @@ def config(
 
 
 @main.command()
-@click.option(
+@option(
     "--etcd",
     "etcd_url",
     required=True,
     envvar="KMSPLUG_ETCD",
-    show_envvar=True,
     help="etcd client URL, e.g. http://127.0.0.1:2379 (read-only use).",
 )
-@click.option(
-    "--prefix", default="/registry", show_default=True, help="kube-apiserver etcd prefix."
-)
-@click.option(
+@option("--prefix", default="/registry", show_default=True, help="kube-apiserver etcd prefix.")
+@option(
     "--resource",
     "resources",
     multiple=True,
     default=("secrets",),
-    show_default=True,
     help="Resources to check, as stored: secrets, configmaps, apps/deployments (repeatable).",
 )
-@click.option(
+@option(
     "--expect",
     "kinds",
     multiple=True,
     default=("kms-v2", "kms-v1"),
-    show_default=True,
     type=click.Choice(["kms-v2", "kms-v1", "aesgcm", "aescbc", "secretbox", "identity"]),
     help="Storage every value must have (repeatable).",
 )
-@click.option("--expect-provider", default="", help="Provider name every value must carry.")
-@click.option("--expect-key-id", default="", help="KMS key_id every value must carry.")
-@click.option("--cacert", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--cert", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--key", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@option("--expect-provider", default="", help="Provider name every value must carry.")
+@option("--expect-key-id", default="", help="KMS key_id every value must carry.")
+@option("--cacert", type=click.Path(exists=True, dir_okay=False), default=None)
+@option("--cert", type=click.Path(exists=True, dir_okay=False), default=None)
+@option("--key", type=click.Path(exists=True, dir_okay=False), default=None)
+@option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(
     etcd_url: str,
     prefix: str,
@@ -624,30 +563,28 @@ def verify(
 
 
 @main.command()
-@click.option(
+@option(
     "--kubeconfig",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
     envvar="KUBECONFIG",
-    show_envvar=True,
     help="kubeconfig of a user allowed to get, list and update the resources.",
 )
-@click.option(
+@option(
     "--resource",
     "resources",
     multiple=True,
     default=("secrets",),
-    show_default=True,
     help="secrets, configmaps or <plural>.<group> (repeatable).",
 )
-@click.option("--page-size", type=click.IntRange(1, 5000), default=500, show_default=True)
-@click.option(
+@option("--page-size", type=click.IntRange(1, 5000), default=500, show_default=True)
+@option(
     "--state-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Where progress is saved; a second run with the same file resumes.",
 )
-@click.option("--dry-run", is_flag=True, help="Send every write as a server-side dry run.")
+@option("--dry-run", is_flag=True, help="Send every write as a server-side dry run.")
 def migrate(
     kubeconfig: str | None,
     resources: tuple[str, ...],
