@@ -151,6 +151,20 @@ class Keyring:
     def current_key_id(self) -> str | None:
         """The key_id stamped on what ``seal`` returns now, or None before the first KEK."""
 
+    def set_policy(
+        self,
+        *,
+        rotate_after_seals: int,
+        max_seals: int,
+        max_age_seconds: float,
+        cache_size: int,
+        cache_ttl_seconds: float,
+    ) -> None:
+        """Replace the rotation policy and cache limits (a reload, e.g. on SIGHUP).
+
+        Budgets and ages apply from the next seal; a smaller cache evicts, and so wipes,
+        its least recently used KEKs at once. Raises ValueError for an invalid policy.
+        """
     def rotate_local(self, root: RootKey) -> None:
         """Make a fresh random local KEK, wrapped by ``root``, current (all in Rust).
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import click
@@ -16,6 +18,9 @@ import click
 from kmsplug import __version__
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError, KmsplugError
+
+if TYPE_CHECKING:
+    from kmsplug.envelope import RotationPolicy
 
 DEFAULT_SOCKET = "unix:///var/run/kmsplugin/socket.sock"
 
@@ -71,6 +76,7 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
             raise click.BadParameter(f"{value}: unknown setting {key!r}", ctx, param)
         defaults[name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["kmsplug.config_file"] = value
 
 
 config_file_option = option(
@@ -386,6 +392,7 @@ def serve(
                 service,
                 settings,
                 on_ready=lambda: print_ready(settings, provider_name, service),
+                reread_policy=_policy_rereader(click.get_current_context()),
             ),
             backend="asyncio",
             backend_options={"use_uvloop": event_loop == "uvloop"},
@@ -654,3 +661,33 @@ def _check_settings(path: str) -> None:
     with context:
         values = {k: v for k, v in context.params.items() if v not in (None, (), "")}
     click.echo(f"{path}: ok ({len(values)} settings resolved)")
+
+
+_KEK_SETTINGS = ("kek_rotate_after_seals", "kek_max_seals", "kek_max_age")
+
+
+def _policy_rereader(ctx: click.Context) -> Callable[[], RotationPolicy]:
+    """On SIGHUP: the rotation settings again, from the config file and the environment;
+    values given as flags stay as they were (flags win, as at start)."""
+    from click.core import ParameterSource
+
+    from kmsplug.envelope import RotationPolicy
+
+    fixed = [
+        f"--{name.replace('_', '-')}={ctx.params[name]}"
+        for name in _KEK_SETTINGS
+        if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    ]
+    config_file = ctx.meta.get("kmsplug.config_file")
+
+    def reread() -> RotationPolicy:
+        args = [*(["--config", config_file] if config_file else []), *fixed]
+        with serve.make_context("kmsplug serve", args) as fresh:
+            values = fresh.params
+        return RotationPolicy(
+            rotate_after_seals=min(values["kek_rotate_after_seals"], values["kek_max_seals"]),
+            max_seals=values["kek_max_seals"],
+            max_age_seconds=values["kek_max_age"],
+        )
+
+    return reread

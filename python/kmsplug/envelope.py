@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kmsplug._kmsplug import (
     MAX_PLAINTEXT,
@@ -63,13 +63,19 @@ class RotationPolicy:
     cache_ttl_seconds: float = 24 * 3600.0
 
     def new_keyring(self) -> Keyring:
-        return Keyring(
-            rotate_after_seals=self.rotate_after_seals,
-            max_seals=self.max_seals,
-            max_age_seconds=self.max_age_seconds,
-            cache_size=self.cache_size,
-            cache_ttl_seconds=self.cache_ttl_seconds,
-        )
+        return Keyring(**self._fields())
+
+    def apply_to(self, keyring: Keyring) -> None:
+        keyring.set_policy(**self._fields())
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "rotate_after_seals": self.rotate_after_seals,
+            "max_seals": self.max_seals,
+            "max_age_seconds": self.max_age_seconds,
+            "cache_size": self.cache_size,
+            "cache_ttl_seconds": self.cache_ttl_seconds,
+        }
 
 
 class Envelope:
@@ -100,6 +106,10 @@ class Envelope:
 
     def stats(self) -> dict[str, int]:
         return self._keyring.stats()
+
+    def set_policy(self, policy: RotationPolicy) -> None:
+        """Apply new rotation budgets and cache limits (a reload); ValueError if invalid."""
+        policy.apply_to(self._keyring)
 
     async def start(self) -> None:
         """Make the first local KEK, so the first Encrypt does not wait for the provider."""

@@ -19,6 +19,7 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kmsplug.endpoint import Endpoint
+from kmsplug.envelope import RotationPolicy
 from kmsplug.errors import ConfigError
 from kmsplug.metrics import Metrics
 from kmsplug.ops_http import Lifecycle, OpsServer, parse_address
@@ -91,8 +92,12 @@ async def serve(
     settings: ServerSettings,
     *,
     on_ready: Callable[[], None] | None = None,
+    reread_policy: Callable[[], RotationPolicy] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully.
+
+    SIGHUP re-reads the rotation settings (`reread_policy`) and the remote key's state.
+    """
     await service.start()
     inflight = InflightCounter()
     metrics = Metrics()
@@ -128,7 +133,7 @@ async def serve(
             on_ready()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(service.run_background)
-            tasks.start_soon(_reload_on_sighup, service)
+            tasks.start_soon(_reload_on_sighup, service, reread_policy)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("stopping", extra={"signal": signal.Signals(signum).name})
@@ -145,12 +150,20 @@ async def serve(
     log.info("stopped")
 
 
-async def _reload_on_sighup(service: KeyService) -> None:
-    """SIGHUP: re-read the remote key now (new version, new credentials) without a restart."""
+async def _reload_on_sighup(
+    service: KeyService, reread_policy: Callable[[], RotationPolicy] | None
+) -> None:
+    """SIGHUP: new rotation settings and the remote key's state, without a restart."""
     with anyio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
-            log.info("SIGHUP: reloading the write key")
-            await service.reload()
+            log.info("SIGHUP: reloading")
+            policy = None
+            if reread_policy is not None:
+                try:
+                    policy = reread_policy()
+                except Exception as exc:  # a broken file keeps the settings in force
+                    log.warning("reload: settings unreadable", extra={"error": str(exc)})
+            await service.reload(policy)
 
 
 async def _stop_now_on_second_signal(signals: object, server: grpc.aio.Server) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from kmsplug.envelope import Envelope
+from kmsplug.envelope import Envelope, RotationPolicy
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("kmsplug.audit")
@@ -139,9 +139,17 @@ class KeyService:
                     if self.envelope.key_id != before:
                         self._audit_key("key_id changed", "new-key-id", previous=before)
 
-    async def reload(self) -> None:
-        """Re-read the write key's state, rotate if it moved, and probe health; no call drops."""
+    async def reload(self, policy: RotationPolicy | None = None) -> None:
+        """Apply new rotation settings, re-read the write key's state, rotate if it moved,
+        and probe health; no call drops. A bad setting keeps the old ones."""
         before = self.envelope.key_id
+        if policy is not None:
+            try:
+                self.envelope.set_policy(policy)
+            except ValueError as exc:
+                log.warning("reload: rotation settings refused", extra={"error": str(exc)})
+            else:
+                log.info("reload: rotation settings applied")
         try:
             await self.envelope.writer.refresh()
             if self.envelope.needs_rotation():

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 
 from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
@@ -67,3 +68,45 @@ def test_check_names_the_bad_setting(short_tmp: Path) -> None:
     assert result.returncode == 2 and "--mode" in result.stderr
     env = {**os.environ, "KMSPLUG_MODE": "sideways"}
     assert check(good, env).returncode == 2  # the environment wins over the file, and is checked
+
+
+@pytest.mark.anyio
+async def test_sighup_rereads_rotation_settings_without_dropping_calls(
+    plugin_factory: PluginFactory, short_tmp: Path
+) -> None:
+    import signal
+    import urllib.request
+
+    settings = short_tmp / "kmsplug.yaml"
+    settings.write_text("kek-rotate-after-seals: 1000000\n")
+    plugin = plugin_factory("--config", str(settings))
+
+    def rotations() -> float:
+        with urllib.request.urlopen(plugin.http_url + "/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+        return float(
+            next(
+                line.split()[-1]
+                for line in text.splitlines()
+                if line.startswith("kmsplug_local_kek_rotations_total ")
+            )
+        )
+
+    async with KmsClient(plugin.endpoint) as client:
+        for _ in range(300):
+            await client.v1_encrypt(b"k" * 32)
+        assert rotations() == 1  # the first KEK only
+        settings.write_text("kek-rotate-after-seals: 50\nkek-max-seals: 100\n")
+        plugin.signal(signal.SIGHUP)
+        with anyio.fail_after(10):
+            while "rotation settings applied" not in plugin.log():  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        for _ in range(600):
+            await client.v1_encrypt(b"k" * 32)  # never fails: rotation keeps up
+        assert rotations() >= 4
+        settings.write_text("kek-max-seals: 0\n")  # invalid: the settings in force stay
+        plugin.signal(signal.SIGHUP)
+        with anyio.fail_after(10):
+            while "settings unreadable" not in plugin.log():  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        assert (await client.v2_status()).healthz == "ok"

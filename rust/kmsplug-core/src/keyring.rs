@@ -169,6 +169,17 @@ impl Keyring {
         &self.policy
     }
 
+    /// Replace the policy (a reload): budgets and ages apply from the next seal; a
+    /// smaller cache evicts (and so wipes) its least recently used KEKs at once.
+    pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
+        policy.validate()?;
+        let capacity =
+            NonZeroUsize::new(policy.cache_size).ok_or(Error::InvalidInput("cache_size"))?;
+        self.cache.resize(capacity);
+        self.policy = policy;
+        Ok(())
+    }
+
     /// The `key_id` stamped on what [`Keyring::seal`] makes now.
     pub fn current_key_id(&self) -> Option<&str> {
         self.current.as_ref().map(|c| c.key_id.as_str())
@@ -719,6 +730,33 @@ mod tests {
         let mut ring = Keyring::new(Policy::default()).unwrap();
         ring.rotate_local(root).unwrap();
         ring
+    }
+
+    #[test]
+    fn set_policy_applies_budget_and_shrinks_cache() {
+        let root = RootKey::from_bytes(&[3; 32]).unwrap();
+        let mut ring = Keyring::new(Policy::default()).unwrap();
+        for _ in 0..3 {
+            ring.rotate_local(&root).unwrap();
+        }
+        assert_eq!(ring.stats().cache_len, 2);
+        let tight = Policy {
+            rotate_after_seals: 1,
+            max_seals: 2,
+            cache_size: 1,
+            ..Policy::default()
+        };
+        ring.set_policy(tight).unwrap();
+        assert_eq!(ring.stats().cache_len, 1);
+        ring.seal(b"dek").unwrap();
+        assert!(ring.needs_rotation());
+        ring.seal(b"dek").unwrap();
+        assert!(matches!(ring.seal(b"dek"), Err(Error::NeedsRotation(_))));
+        let bad = Policy {
+            cache_size: 0,
+            ..Policy::default()
+        };
+        assert!(ring.set_policy(bad).is_err());
     }
 
     proptest! {

@@ -73,17 +73,44 @@ impl PyKeyring {
         cache_size: usize,
         cache_ttl_seconds: f64,
     ) -> PyResult<Self> {
-        let policy = Policy {
+        let policy = policy(
             rotate_after_seals,
             max_seals,
-            max_age: seconds("max_age_seconds", max_age_seconds)?,
+            max_age_seconds,
             cache_size,
-            cache_ttl: seconds("cache_ttl_seconds", cache_ttl_seconds)?,
-        };
+            cache_ttl_seconds,
+        )?;
         let inner = kmsplug_core::Keyring::new(policy).map_err(to_py)?;
         Ok(Self {
             inner: Mutex::new(inner),
         })
+    }
+
+    /// Replace the rotation policy and cache limits (a reload); same arguments as new.
+    #[pyo3(signature = (
+        *,
+        rotate_after_seals,
+        max_seals,
+        max_age_seconds,
+        cache_size,
+        cache_ttl_seconds,
+    ))]
+    fn set_policy(
+        &self,
+        rotate_after_seals: u64,
+        max_seals: u64,
+        max_age_seconds: f64,
+        cache_size: usize,
+        cache_ttl_seconds: f64,
+    ) -> PyResult<()> {
+        let policy = policy(
+            rotate_after_seals,
+            max_seals,
+            max_age_seconds,
+            cache_size,
+            cache_ttl_seconds,
+        )?;
+        self.inner.lock().set_policy(policy).map_err(to_py)
     }
 
     /// Make a new random local KEK, wrapped by `root`, current.
@@ -245,4 +272,20 @@ impl PyKeyring {
             "Keyring holds key material and cannot be pickled",
         ))
     }
+}
+
+fn policy(
+    rotate_after_seals: u64,
+    max_seals: u64,
+    max_age_seconds: f64,
+    cache_size: usize,
+    cache_ttl_seconds: f64,
+) -> PyResult<Policy> {
+    Ok(Policy {
+        rotate_after_seals,
+        max_seals,
+        max_age: seconds("max_age_seconds", max_age_seconds)?,
+        cache_size,
+        cache_ttl: seconds("cache_ttl_seconds", cache_ttl_seconds)?,
+    })
 }
