@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kmsplug.encryption_config import encryption_configuration, to_yaml
 from kmsplug.envelope import Envelope, RotationPolicy
@@ -86,14 +86,17 @@ def alibaba_provider(
 
     source = credential_source(env)
     log.info("alibaba credentials: %s", source.describe())
-    client = kms_client(
-        source,
-        host=settings.host,
-        region=settings.region,
-        protocol=settings.protocol,
-        timeout_ms=settings.timeout_ms,
-    )
-    return Resilient(AlibabaKek(settings, client), resilience)
+
+    def client() -> Any:
+        return kms_client(
+            credential_source(env),
+            host=settings.host,
+            region=settings.region,
+            protocol=settings.protocol,
+            timeout_ms=settings.timeout_ms,
+        )
+
+    return Resilient(AlibabaKek(settings, client(), rebuild=client), resilience)
 
 
 def print_ready(settings: ServerSettings, provider_name: str, service: KeyService) -> None:

@@ -151,6 +151,8 @@ class KeyService:
             else:
                 log.info("reload: rotation settings applied")
         try:
+            for provider in self.envelope.providers:
+                await provider.reload_credentials()
             await self.envelope.writer.refresh()
             if self.envelope.needs_rotation():
                 await self.envelope.rotate()

@@ -62,6 +62,10 @@ async def test_credentials_uri_source(fake: FakeAlibabaKms) -> None:
         kek = provider(fake, key, {"ALIBABA_CLOUD_CREDENTIALS_URI": uri})
         await kek.preflight()
         assert served
+        fetched = len(served)
+        await kek.reload_credentials()  # what SIGHUP does: a new chain, fetched again
+        await kek.wrap(b"k" * 32)
+        assert len(served) > fetched
     finally:
         server.shutdown()
         server.server_close()

@@ -115,6 +115,7 @@ class AlibabaKek(RemoteKek):
         client: Any,
         *,
         thread_limit: int = 16,
+        rebuild: Callable[[], Any] | None = None,
     ) -> None:
         if not settings.key:
             raise ConfigError("alibaba: --key-id (CMK id or alias) is required")
@@ -122,6 +123,7 @@ class AlibabaKek(RemoteKek):
             raise ConfigError("alibaba: the region is required (--region or ACK_KMS_REGION_ID)")
         self.settings = settings
         self._client = client
+        self._rebuild = rebuild
         self._limiter = anyio.CapacityLimiter(thread_limit)
         self.cmk_id = settings.key  # the real KeyId once DescribeKey answered
         self.key_version = ""
@@ -182,6 +184,11 @@ class AlibabaKek(RemoteKek):
             "KeySpec": meta.key_spec,
             "PrimaryKeyVersion": meta.primary_key_version,
         }
+
+    async def reload_credentials(self) -> None:
+        """A new SDK client with a new credential chain: files, URIs and metadata re-read."""
+        if self._rebuild is not None:
+            self._client = await anyio.to_thread.run_sync(self._rebuild)
 
     async def refresh(self) -> None:
         """Read the CMK's primary version; a rotation in KMS changes our key_id."""

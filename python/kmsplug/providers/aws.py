@@ -139,13 +139,21 @@ def looks_like_legacy(ciphertext: bytes) -> bool:
 class AwsKek(RemoteKek):
     kind = "aws"
 
-    def __init__(self, settings: AwsSettings, client: Any, *, thread_limit: int = 16) -> None:
+    def __init__(
+        self,
+        settings: AwsSettings,
+        client: Any,
+        *,
+        thread_limit: int = 16,
+        rebuild: Callable[[], Any] | None = None,
+    ) -> None:
         if not settings.key:
             raise ConfigError(
                 "aws: the key (KMSPLUG_AWS_KEY: key id, ARN or alias/...) is required"
             )
         self.settings = settings
         self._client = client
+        self._rebuild = rebuild
         self._limiter = anyio.CapacityLimiter(thread_limit)
         self._context = dict(settings.encryption_context)
         self.key_arn = settings.key if settings.key.startswith("arn:") else ""
@@ -237,6 +245,11 @@ class AwsKek(RemoteKek):
         if not looks_like_legacy(ciphertext):
             raise InvalidCiphertext("invalid ciphertext")
         return await self._decrypt(ciphertext[len(LEGACY_PREFIX) :], key=None)
+
+    async def reload_credentials(self) -> None:
+        """A new client: the credential chain (files, web identity, metadata) runs again."""
+        if self._rebuild is not None:
+            self._client = await anyio.to_thread.run_sync(self._rebuild)
 
     async def preflight(self) -> list[str]:
         """Check the key before serving; raise ProviderRefused with what to fix."""
@@ -355,7 +368,12 @@ def aws_provider(
     """
     threads = 16
     client = make_client(settings, env, pool_size=threads)
-    kek = AwsKek(settings, client, thread_limit=threads)
+    kek = AwsKek(
+        settings,
+        client,
+        thread_limit=threads,
+        rebuild=lambda: make_client(settings, env, pool_size=threads),
+    )
     where = settings.endpoint_url or f"region {client.meta.region_name}"
     log.info("aws kms: key %s on %s", settings.key, where)
     return Resilient(kek, resilience)

@@ -69,6 +69,12 @@ class RemoteKek(ABC):
         await self.health()
         return [f"{self.kind} key {self.key_id} is usable"]
 
+    async def reload_credentials(self) -> None:  # noqa: B027 - optional hook
+        """Drop cached credentials and read them again from their source (SIGHUP).
+
+        Calls in flight finish with the credentials they started with.
+        """
+
     async def refresh(self) -> None:  # noqa: B027 - optional hook, most keys never move
         """Re-read the remote key's current version (a rotation there changes key_id)."""
 

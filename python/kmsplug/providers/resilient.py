@@ -158,6 +158,9 @@ class Resilient(RemoteKek):
     async def refresh(self) -> None:
         await self._call("refresh", self.inner.refresh)
 
+    async def reload_credentials(self) -> None:
+        await self.inner.reload_credentials()
+
     def claims_legacy(self, ciphertext: bytes) -> bool:
         return self.inner.claims_legacy(ciphertext)
 

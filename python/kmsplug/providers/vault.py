@@ -400,6 +400,10 @@ class VaultKek(RemoteKek):
         self._start_renewer()
         return self._token
 
+    async def reload_credentials(self) -> None:
+        """Read the token file again, or log in again, now."""
+        await self._obtain()
+
     async def _obtain(self) -> None:
         """A token from the configured source: the setting, the file, or a login."""
         if self.settings.method != "token":
