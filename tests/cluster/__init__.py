@@ -1,0 +1,1 @@
+"""A real kube-apiserver + etcd test bed on loopback (see bed.py)."""
