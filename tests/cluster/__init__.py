@@ -1,1 +1,0 @@
-"""A real kube-apiserver + etcd test bed on loopback (see bed.py)."""
