@@ -691,3 +691,59 @@ def _policy_rereader(ctx: click.Context) -> Callable[[], RotationPolicy]:
         )
 
     return reread
+
+
+@main.command()
+@socket_option
+@option(
+    "--workload",
+    "workloads",
+    type=click.Choice(["v1-write", "v1-read", "v2-cold", "v2-status", "mixed"]),
+    multiple=True,
+    default=("v1-write", "v2-cold"),
+    help="What the apiserver does (repeatable).",
+)
+@option(
+    "--concurrency",
+    "concurrencies",
+    type=click.IntRange(1, 4096),
+    multiple=True,
+    default=(1, 16, 64),
+)
+@option("--duration", type=click.FloatRange(0.1, 3600), default=5.0, help="Seconds per run.")
+@option("--max-requests", type=click.IntRange(1), default=1_000_000, help="Cap per run.")
+@option("--stored", type=click.IntRange(1, 1_000_000), default=2000, help="Secrets stored first.")
+@option("--cache-size", type=int, default=1000, help="The apiserver's v1 DEK cache (cachesize).")
+@option("--read-ratio", type=click.FloatRange(0, 1), default=0.9, help="mixed: share of reads.")
+@option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+def bench(
+    endpoint: Endpoint,
+    workloads: tuple[str, ...],
+    concurrencies: tuple[int, ...],
+    duration: float,
+    max_requests: int,
+    stored: int,
+    cache_size: int,
+    read_ratio: float,
+    as_json: bool,
+) -> None:
+    """Load any KMS plugin socket the way kube-apiserver does; report req/s and latency."""
+    import json
+
+    from tqdm import tqdm
+
+    from kmsplug.bench import Plan, run, table
+
+    results = []
+    for workload in workloads:
+        for concurrency in concurrencies:
+            plan = Plan(
+                workload, concurrency, duration, max_requests, stored, cache_size, read_ratio
+            )
+            with tqdm(desc=f"{workload} x{concurrency}", unit="req", disable=as_json) as bar:
+                results.append(anyio.run(run, endpoint, plan, lambda n: bar.update(n)))
+    if as_json:
+        click.echo(json.dumps([r.summary() for r in results], indent=2))
+    else:
+        click.echo(table(results))
+    sys.exit(1 if any(r.errors for r in results) else 0)
