@@ -5,12 +5,17 @@ The ECS instance-metadata source is in tests/netns (it needs its own network nam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anyio
 import pytest
 
-from fakes.alibaba_kms import FakeAlibabaKms
+from fakes.alibaba_kms import FakeAlibabaKms, StsCredential
 from fakes.alibaba_provider import provider
 
 pytestmark = pytest.mark.anyio
@@ -23,19 +28,18 @@ def fake() -> Iterator[FakeAlibabaKms]:
     kms.stop()
 
 
-async def test_credentials_uri_source(fake: FakeAlibabaKms) -> None:
-    """ALIBABA_CLOUD_CREDENTIALS_URI: a loopback endpoint hands out STS credentials."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
+@contextlib.contextmanager
+def credentials_uri(issue: Callable[[], StsCredential]) -> Iterator[tuple[str, list[str]]]:
+    """A loopback ALIBABA_CLOUD_CREDENTIALS_URI endpoint: (its URI, the paths it served).
 
-    key = fake.create_key()
-    sts = fake.issue_sts_token()
+    Each request gets the credentials `issue()` returns, in the format the SDK expects.
+    """
     served: list[str] = []
 
     class Credentials(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             served.append(self.path)
+            sts = issue()
             body = json.dumps(
                 {
                     "Code": "Success",
@@ -54,11 +58,22 @@ async def test_credentials_uri_source(fake: FakeAlibabaKms) -> None:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Credentials)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Credentials)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        uri = f"http://127.0.0.1:{server.server_port}/creds"
+        yield f"http://127.0.0.1:{server.server_port}/creds", served
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+async def test_credentials_uri_source(fake: FakeAlibabaKms) -> None:
+    """ALIBABA_CLOUD_CREDENTIALS_URI: a loopback endpoint hands out STS credentials."""
+    key = fake.create_key()
+    sts = fake.issue_sts_token()
+    with credentials_uri(lambda: sts) as (uri, served):
         kek = provider(fake, key, {"ALIBABA_CLOUD_CREDENTIALS_URI": uri})
         await kek.preflight()
         assert served
@@ -66,10 +81,6 @@ async def test_credentials_uri_source(fake: FakeAlibabaKms) -> None:
         await kek.reload_credentials()  # what SIGHUP does: a new chain, fetched again
         await kek.wrap(b"k" * 32)
         assert len(served) > fetched
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 async def test_oidc_role_credentials(
@@ -183,43 +194,17 @@ async def test_oidc_role_credentials(
 
 async def test_credential_refresh_never_drops_calls(fake: FakeAlibabaKms) -> None:
     """Short-lived STS credentials from a URI are replaced while calls keep flowing."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    import anyio
-
     key = fake.create_key()
     issued: list[str] = []
 
-    class Credentials(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            sts = fake.issue_sts_token(ttl=3)  # expires within the test: must be refreshed
-            issued.append(sts.access_key_id)
-            body = json.dumps(
-                {
-                    "Code": "Success",
-                    "AccessKeyId": sts.access_key_id,
-                    "AccessKeySecret": sts.access_key_secret,
-                    "SecurityToken": sts.security_token,
-                    "Expiration": sts.expiration_iso,
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def short_lived() -> StsCredential:
+        sts = fake.issue_sts_token(ttl=3)  # expires within the test: must be refreshed
+        issued.append(sts.access_key_id)
+        return sts
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Credentials)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     failures: list[str] = []
     done = 0
-    try:
-        uri = f"http://127.0.0.1:{server.server_port}/creds"
+    with credentials_uri(short_lived) as (uri, _):
         kek = provider(fake, key, {"ALIBABA_CLOUD_CREDENTIALS_URI": uri})
         end = anyio.current_time() + 5  # longer than a credential lives
 
@@ -236,10 +221,6 @@ async def test_credential_refresh_never_drops_calls(fake: FakeAlibabaKms) -> Non
         async with anyio.create_task_group() as tasks:
             for _ in range(8):
                 tasks.start_soon(caller)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     assert failures == []
     assert done > 100
     assert len(set(issued)) >= 2  # the credentials really were replaced mid-run
