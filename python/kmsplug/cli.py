@@ -716,6 +716,12 @@ def _policy_rereader(ctx: click.Context) -> Callable[[], RotationPolicy]:
 @option("--cache-size", type=int, default=1000, help="The apiserver's v1 DEK cache (cachesize).")
 @option("--read-ratio", type=click.FloatRange(0, 1), default=0.9, help="mixed: share of reads.")
 @option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@option(
+    "--plot-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write latency-cdf.png and throughput.png here (needs kmsplug[bench]).",
+)
 def bench(
     endpoint: Endpoint,
     workloads: tuple[str, ...],
@@ -726,6 +732,7 @@ def bench(
     cache_size: int,
     read_ratio: float,
     as_json: bool,
+    plot_dir: Path | None,
 ) -> None:
     """Load any KMS plugin socket the way kube-apiserver does; report req/s and latency."""
     import json
@@ -746,4 +753,12 @@ def bench(
         click.echo(json.dumps([r.summary() for r in results], indent=2))
     else:
         click.echo(table(results))
+    if plot_dir is not None:
+        from kmsplug.bench_plots import write_plots
+
+        try:
+            for path in write_plots(results, plot_dir):
+                click.echo(f"wrote {path}", err=as_json)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
     sys.exit(1 if any(r.errors for r in results) else 0)

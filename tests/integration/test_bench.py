@@ -50,6 +50,20 @@ def test_workloads_report_requests_latency_and_plugin_calls(plugin: PluginProces
         assert 0 < float(row["p50_ms"]) <= float(row["p99_ms"])  # type: ignore[arg-type]
 
 
+def test_plots_are_written(plugin: PluginProcess, tmp_path: object) -> None:
+    from pathlib import Path
+
+    out = Path(str(tmp_path))
+    bench(
+        plugin,
+        *("--workload", "v2-status", "--concurrency", "1", "--concurrency", "4"),
+        *("--duration", "0.5", "--max-requests", "200", "--plot-dir", str(out)),
+    )
+    for name in ("latency-cdf.png", "throughput.png"):
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
 def test_dek_cache_is_an_lru() -> None:
     cache = DekCache(2)
     cache.put(b"a", b"1")
