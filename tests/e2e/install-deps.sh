@@ -8,4 +8,4 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-etcd --version | head -1
+etcd --version | sed -n 1p   # sed reads everything: head would SIGPIPE etcd under pipefail
