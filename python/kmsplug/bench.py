@@ -4,10 +4,15 @@ Workloads (every loop bounded by time and by a request cap):
 - v1-write: one v1 Encrypt per Secret write (fresh 32-byte DEK each time).
 - v1-read: reads of N stored Secrets through an apiserver-style LRU DEK cache of
   `--cache-size` entries: only misses reach the plugin as Decrypt.
+- v1-cold: a v1 apiserver restart with an empty DEK cache: one v1 Decrypt per stored
+  Secret, each exactly once (the run ends when all `--stored` are read).
+- v1-burst: bursts of `concurrency` simultaneous v1 Encrypts, `--burst-interval` apart
+  (a controller creating many Secrets at once).
 - v2-cold: an apiserver restart: one v2 Decrypt per distinct stored seed.
 - v2-status: Status polling, as health probes do.
 - mixed: `--read-ratio` reads (v1-read) and the rest writes (v1-write).
-Reports throughput, latency percentiles (p50/p90/p99/p99.9) and errors by gRPC code.
+Reports throughput, latency percentiles (p50/p90/p99/p99.9), errors by gRPC code, and,
+given the plugin's Prometheus endpoint, the remote KMS calls it made during each run.
 """
 
 from __future__ import annotations
@@ -15,17 +20,22 @@ from __future__ import annotations
 import random
 import secrets
 import time
+import urllib.request
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import anyio
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
+from kmsplug.errors import ConfigError
 
-WORKLOADS = ("v1-write", "v1-read", "v2-cold", "v2-status", "mixed")
+WORKLOADS = ("v1-write", "v1-read", "v1-cold", "v1-burst", "v2-cold", "v2-status", "mixed")
+#: kmsplug's counter of remote KMS calls (every provider, operation and outcome).
+KMSPLUG_REMOTE_CALLS = "kmsplug_remote_calls"
 
 
 @dataclass
@@ -35,6 +45,8 @@ class Result:
     seconds: float
     requests: int = 0
     plugin_calls: int = 0
+    #: calls the plugin made to its KMS during the run (None: not exposed / not asked)
+    remote_calls: int | None = None
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
 
@@ -85,50 +97,109 @@ class Plan:
     stored: int = 2_000
     cache_size: int = 1_000
     read_ratio: float = 0.9
+    payload_size: int = 32  # the DEK (v1) or DEK seed (v2) the apiserver sends
+    burst_interval: float = 0.5
+
+
+@dataclass(frozen=True)
+class RemoteCounter:
+    """Reads a plugin's remote-KMS call counters from its Prometheus endpoint.
+
+    `metrics` are family names (without `_total`); every sample of them is summed, so
+    kmsplug's counter or a peer's (e.g. one labelled by operation) both work.
+    """
+
+    url: str
+    metrics: Sequence[str] = (KMSPLUG_REMOTE_CALLS,)
+
+    def read(self) -> int:
+        try:
+            with urllib.request.urlopen(self.url, timeout=5) as response:  # noqa: S310
+                text = response.read().decode()
+        except OSError as exc:
+            raise ConfigError(f"cannot read metrics from {self.url}: {exc}") from None
+        wanted = {m.removesuffix("_total") for m in self.metrics}
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name in wanted:
+                total += sum(s.value for s in family.samples if not s.name.endswith("_created"))
+        return int(total)
 
 
 async def run(
-    endpoint: Endpoint, plan: Plan, progress: Callable[[int], object] | None = None
+    endpoint: Endpoint,
+    plan: Plan,
+    progress: Callable[[int], object] | None = None,
+    remote: RemoteCounter | None = None,
 ) -> Result:
     if plan.workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}")
     async with KmsClient(endpoint, timeout=10) as client:
-        await client.v2_status(wait_for_ready=True)
+        await _wait_ready(client)
         op = await _prepare(client, plan)
+        cap = (
+            min(plan.max_requests, plan.stored) if plan.workload == "v1-cold" else plan.max_requests
+        )
         result = Result(plan.workload, plan.concurrency, 0.0)
         errors: Counter[str] = Counter()
+        before = await anyio.to_thread.run_sync(remote.read) if remote else 0
         end = time.monotonic() + plan.duration
         started = time.monotonic()
 
-        async def worker() -> None:
-            while time.monotonic() < end and result.requests < plan.max_requests:
-                result.requests += 1
-                t0 = time.perf_counter()
-                try:
-                    calls = await op()  # not `+= await`: that reads the total before awaiting
-                    result.plugin_calls += calls
-                except grpc.aio.AioRpcError as exc:
-                    errors[exc.code().name] += 1
-                result.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                if progress is not None:
-                    progress(1)
+        async def one() -> None:
+            result.requests += 1
+            t0 = time.perf_counter()
+            try:
+                calls = await op()  # not `+= await`: that reads the total before awaiting
+                result.plugin_calls += calls
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+            result.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            if progress is not None:
+                progress(1)
 
-        async with anyio.create_task_group() as tasks:
-            for _ in range(plan.concurrency):
-                tasks.start_soon(worker)
+        async def worker() -> None:
+            while time.monotonic() < end and result.requests < cap:
+                await one()
+
+        if plan.workload == "v1-burst":
+            while time.monotonic() < end and result.requests < cap:
+                async with anyio.create_task_group() as tasks:
+                    for _ in range(min(plan.concurrency, cap - result.requests)):
+                        tasks.start_soon(one)
+                await anyio.sleep(max(0.0, min(plan.burst_interval, end - time.monotonic())))
+        else:
+            async with anyio.create_task_group() as tasks:
+                for _ in range(plan.concurrency):
+                    tasks.start_soon(worker)
         result.seconds = time.monotonic() - started
+        if remote is not None:
+            result.remote_calls = await anyio.to_thread.run_sync(remote.read) - before
         result.errors = dict(errors)
         return result
+
+
+async def _wait_ready(client: KmsClient) -> None:
+    """Wait for the socket; a v1-only plugin answers Version instead of Status."""
+    try:
+        await client.v2_status(wait_for_ready=True)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        await client.v1_version()
 
 
 async def _prepare(client: KmsClient, plan: Plan) -> Callable[[], Awaitable[int]]:
     """Store what the workload reads; return one operation (it says how many plugin calls)."""
 
+    def payload() -> bytes:
+        return secrets.token_bytes(plan.payload_size)
+
     async def write() -> int:
-        await client.v1_encrypt(secrets.token_bytes(32))
+        await client.v1_encrypt(payload())
         return 1
 
-    if plan.workload == "v1-write":
+    if plan.workload in ("v1-write", "v1-burst"):
         return write
     if plan.workload == "v2-status":
 
@@ -138,7 +209,7 @@ async def _prepare(client: KmsClient, plan: Plan) -> Callable[[], Awaitable[int]
 
         return status
     if plan.workload == "v2-cold":
-        sealed = [await client.v2_encrypt(secrets.token_bytes(32)) for _ in range(plan.stored)]
+        sealed = [await client.v2_encrypt(payload()) for _ in range(plan.stored)]
         order = iter(sealed * (plan.max_requests // max(1, len(sealed)) + 1))
 
         async def cold() -> int:
@@ -147,7 +218,15 @@ async def _prepare(client: KmsClient, plan: Plan) -> Callable[[], Awaitable[int]
             return 1
 
         return cold
-    stored = [await client.v1_encrypt(secrets.token_bytes(32)) for _ in range(plan.stored)]
+    stored = [await client.v1_encrypt(payload()) for _ in range(plan.stored)]
+    if plan.workload == "v1-cold":
+        unread = iter(stored)
+
+        async def cold_read() -> int:
+            await client.v1_decrypt(next(unread))
+            return 1
+
+        return cold_read
     cache = DekCache(plan.cache_size)
     rng = random.Random(7)  # noqa: S311 - which Secret to read, not cryptography
 
@@ -177,6 +256,7 @@ def table(results: list[Result]) -> str:
         "P99 ms",
         "P99.9 ms",
         "CALLS",
+        "REMOTE",
         "ERRORS",
     )
     rows = [header] + [
@@ -189,6 +269,7 @@ def table(results: list[Result]) -> str:
             f"{r.percentile(0.99):.2f}",
             f"{r.percentile(0.999):.2f}",
             str(r.plugin_calls),
+            "-" if r.remote_calls is None else str(r.remote_calls),
             ",".join(f"{k}:{v}" for k, v in sorted(r.errors.items())) or "0",
         )
         for r in results

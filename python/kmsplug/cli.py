@@ -698,7 +698,9 @@ def _policy_rereader(ctx: click.Context) -> Callable[[], RotationPolicy]:
 @option(
     "--workload",
     "workloads",
-    type=click.Choice(["v1-write", "v1-read", "v2-cold", "v2-status", "mixed"]),
+    type=click.Choice(
+        ["v1-write", "v1-read", "v1-cold", "v1-burst", "v2-cold", "v2-status", "mixed"]
+    ),
     multiple=True,
     default=("v1-write", "v2-cold"),
     help="What the apiserver does (repeatable).",
@@ -715,6 +717,30 @@ def _policy_rereader(ctx: click.Context) -> Callable[[], RotationPolicy]:
 @option("--stored", type=click.IntRange(1, 1_000_000), default=2000, help="Secrets stored first.")
 @option("--cache-size", type=int, default=1000, help="The apiserver's v1 DEK cache (cachesize).")
 @option("--read-ratio", type=click.FloatRange(0, 1), default=0.9, help="mixed: share of reads.")
+@option(
+    "--payload-size",
+    type=click.IntRange(1, 1024),
+    default=32,
+    help="Bytes of each DEK (v1) or DEK seed (v2) sent; the apiserver sends 32.",
+)
+@option(
+    "--burst-interval",
+    type=click.FloatRange(0, 60),
+    default=0.5,
+    help="v1-burst: seconds between bursts of --concurrency Encrypts.",
+)
+@option(
+    "--metrics-url",
+    default=None,
+    help="The plugin's Prometheus endpoint: report the remote KMS calls made in each run.",
+)
+@option(
+    "--remote-metric",
+    "remote_metrics",
+    multiple=True,
+    default=("kmsplug_remote_calls",),
+    help="Counter(s) at --metrics-url that count remote KMS calls (summed over labels).",
+)
 @option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
 @option(
     "--plot-dir",
@@ -731,6 +757,10 @@ def bench(
     stored: int,
     cache_size: int,
     read_ratio: float,
+    payload_size: int,
+    burst_interval: float,
+    metrics_url: str | None,
+    remote_metrics: tuple[str, ...],
     as_json: bool,
     plot_dir: Path | None,
 ) -> None:
@@ -739,16 +769,28 @@ def bench(
 
     from tqdm import tqdm
 
-    from kmsplug.bench import Plan, run, table
+    from kmsplug.bench import Plan, RemoteCounter, run, table
 
+    remote = RemoteCounter(metrics_url, remote_metrics) if metrics_url else None
     results = []
     for workload in workloads:
         for concurrency in concurrencies:
             plan = Plan(
-                workload, concurrency, duration, max_requests, stored, cache_size, read_ratio
+                workload,
+                concurrency,
+                duration,
+                max_requests,
+                stored,
+                cache_size,
+                read_ratio,
+                payload_size,
+                burst_interval,
             )
             with tqdm(desc=f"{workload} x{concurrency}", unit="req", disable=as_json) as bar:
-                results.append(anyio.run(run, endpoint, plan, lambda n: bar.update(n)))
+                try:
+                    results.append(anyio.run(run, endpoint, plan, lambda n: bar.update(n), remote))
+                except ConfigError as exc:
+                    raise click.UsageError(str(exc)) from None
     if as_json:
         click.echo(json.dumps([r.summary() for r in results], indent=2))
     else:

@@ -11,23 +11,18 @@ from kmsplug.bench import DekCache
 from plugin_process import PluginProcess
 
 
-def bench(plugin: PluginProcess, *args: str) -> list[dict[str, object]]:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kmsplug",
-            "bench",
-            "--socket",
-            plugin.endpoint.url,
-            "--json",
-            *args,
-        ],
+def run_bench(plugin: PluginProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kmsplug", "bench", "--socket", plugin.endpoint.url, *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def bench(plugin: PluginProcess, *args: str) -> list[dict[str, object]]:
+    result = run_bench(plugin, "--json", *args)
     assert result.returncode == 0, result.stderr
     rows: list[dict[str, object]] = json.loads(result.stdout)
     return rows
@@ -71,3 +66,48 @@ def test_dek_cache_is_an_lru() -> None:
     assert cache.get(b"a") == b"1"
     cache.put(b"c", b"3")  # evicts b, the least recently used
     assert cache.get(b"b") is None and cache.get(b"a") == b"1"
+
+
+def test_cold_start_reads_every_stored_secret_once(plugin: PluginProcess) -> None:
+    (row,) = bench(
+        plugin,
+        *("--workload", "v1-cold", "--concurrency", "8", "--stored", "150"),
+        *("--duration", "30", "--payload-size", "64"),
+    )
+    # bounded by the stored Secrets, not by the duration
+    assert row["requests"] == row["plugin_calls"] == 150
+    assert float(row["seconds"]) < 30  # type: ignore[arg-type]
+
+
+def test_bursts_fire_concurrency_requests_at_once(plugin: PluginProcess) -> None:
+    (row,) = bench(
+        plugin,
+        *("--workload", "v1-burst", "--concurrency", "25", "--duration", "1"),
+        *("--burst-interval", "0.2", "--max-requests", "100"),
+    )
+    assert row["requests"] == 100 and row["errors"] == {}
+    # four bursts of 25 with 0.2 s pauses between them
+    assert float(row["seconds"]) >= 0.6  # type: ignore[arg-type]
+
+
+def test_remote_calls_come_from_the_plugins_metrics(plugin: PluginProcess) -> None:
+    rows = bench(
+        plugin,
+        *("--workload", "v1-write", "--workload", "v2-cold", "--concurrency", "4"),
+        *("--duration", "1", "--max-requests", "200", "--stored", "50"),
+        *("--metrics-url", plugin.http_url + "/metrics"),
+    )
+    # the local key hierarchy answers every request: no remote KMS call at all
+    assert [row["remote_calls"] for row in rows] == [0, 0]
+    assert [row["requests"] for row in rows] == [200, 200]
+
+
+def test_an_unreachable_metrics_url_is_a_usage_error(plugin: PluginProcess) -> None:
+    result = run_bench(
+        plugin,
+        *("--workload", "v2-status", "--concurrency", "1", "--duration", "0.2"),
+        *("--metrics-url", "http://127.0.0.1:9/metrics"),
+    )
+    assert result.returncode == 2
+    assert "cannot read metrics from http://127.0.0.1:9/metrics" in result.stderr
+    assert "Traceback" not in result.stderr
