@@ -67,7 +67,7 @@ cluster: build e2e-deps ## Real etcd + kube-apiserver using `make run`'s socket 
 	$(PY) tests/e2e/bed.py $(RUN_DIR)/encryption.yaml
 
 .PHONY: lint
-lint: build ## ruff, mypy, cargo fmt, clippy
+lint: build ## ruff, mypy, cargo fmt, clippy, gofmt + go vet (the stand-in peer)
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy
@@ -75,6 +75,7 @@ lint: build ## ruff, mypy, cargo fmt, clippy
 	cargo fmt --all -- --check
 	cd rust/kmsplug-core/fuzz && cargo fmt -- --check
 	cargo clippy --workspace --all-targets --release -- -D warnings
+	cd benches/peer && test -z "$$(gofmt -l .)" && GOTOOLCHAIN=local go vet .
 
 .PHONY: format
 format: $(VENV)/.installed ## Apply ruff format and cargo fmt
@@ -100,6 +101,10 @@ bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
 	$(PY) -m pytest benches --benchmark-only --benchmark-columns=min,median,mean,ops -p no:cacheprovider
 	$(PY) benches/server_throughput.py
 	$(PY) benches/alibaba_client.py
+
+.PHONY: bench-cluster
+bench-cluster: build e2e-deps ## kube-apiserver latency per provider, kmsplug vs a peer (~20 min; BENCHMARKS.md)
+	$(PY) benches/cluster_bench.py --delay-ms 5 --delay-ms 20 --rounds 2
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)

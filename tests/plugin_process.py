@@ -23,6 +23,7 @@ class PluginProcess:
     key_file: Path
     args: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    env: dict[str, str] | None = None  # extra environment (provider settings)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> PluginProcess:
@@ -42,7 +43,8 @@ class PluginProcess:
         log_path = self.log_path or self.key_file.with_suffix(".log")
         self.log_path = log_path
         log = log_path.open("ab")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        env = {**os.environ, **(self.env or {})}
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -24,6 +24,7 @@ import urllib.request
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import anyio
 import grpc
@@ -101,6 +102,12 @@ class Plan:
     burst_interval: float = 0.5
 
 
+class CallCounter(Protocol):
+    """Anything that reads a running total of the plugin's remote KMS calls."""
+
+    def read(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class RemoteCounter:
     """Reads a plugin's remote-KMS call counters from its Prometheus endpoint.
@@ -130,7 +137,7 @@ async def run(
     endpoint: Endpoint,
     plan: Plan,
     progress: Callable[[int], object] | None = None,
-    remote: RemoteCounter | None = None,
+    remote: CallCounter | None = None,
 ) -> Result:
     if plan.workload not in WORKLOADS:
         raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}")

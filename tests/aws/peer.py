@@ -1,10 +1,19 @@
-"""aws-encryption-provider (sigs.k8s.io/aws-encryption-provider), a production peer plugin.
+"""Peer plugins on the AWS KMS wire protocol, for side-by-side tests and benchmarks.
 
-`PeerPlugin(tmp, kms_endpoint, key_arn).start()` builds the peer once
-(tests/aws/build-aws-encryption-provider.sh, cached), runs it as
+Two kinds, both run as
 
-    aws-encryption-provider --listen <tmp>/peer.sock --key <arn> --region eu-west-2
+    <peer> --listen <tmp>/peer.sock --key <arn> --region eu-west-2
         --kms-endpoint <kms_endpoint> --health-port 127.0.0.1:<free port>
+
+- "aws-encryption-provider" (sigs.k8s.io/aws-encryption-provider, built by
+  tests/aws/build-aws-encryption-provider.sh): the production plugin. The Go module proxy
+  reachable here refuses that module at every version, so it cannot be built here.
+- "stand-in" (the default; benches/peer, built by benches/peer/build.sh): our own Go
+  plugin built like aws-encryption-provider on the upstream k8s.io/kms API types: one KMS
+  call per Encrypt/Decrypt, no cache, the same ciphertext format, a v2 Status check at
+  most every 30 s; its /metrics counts calls as `peer_kms_operations_total`.
+
+`PeerPlugin(tmp, kms_endpoint, key_arn, kind=...).start()` builds the peer once (cached),
 
 with the emulator's static credentials (and nothing else of ours) in its environment,
 waits until the socket answers a v2 Status, and `stop()` ends it by PID. Its HTTP port
@@ -37,21 +46,26 @@ from kmsplug.endpoint import Endpoint
 from aws.emulator import CREDENTIALS, REGION
 
 BUILD = Path(__file__).with_name("build-aws-encryption-provider.sh")
+STANDIN_BUILD = Path(__file__).resolve().parents[2] / "benches" / "peer" / "build.sh"
+KINDS = ("stand-in", "aws-encryption-provider")
 
 
 class PeerBuildError(RuntimeError):
     """Go cannot build aws-encryption-provider here (no Go, or the module is not served)."""
 
 
-def binary() -> Path:
+def binary(kind: str = "aws-encryption-provider") -> Path:
     """The peer binary, built on first use and cached outside the work tree."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     if shutil.which("go") is None:
-        raise PeerBuildError("go is not installed: cannot build aws-encryption-provider")
+        raise PeerBuildError(f"go is not installed: cannot build {kind}")
+    script = STANDIN_BUILD if kind == "stand-in" else BUILD
     done = subprocess.run(
-        ["bash", str(BUILD)], capture_output=True, text=True, timeout=900, check=False
+        ["bash", str(script)], capture_output=True, text=True, timeout=900, check=False
     )
     if done.returncode != 0:
-        raise PeerBuildError(f"aws-encryption-provider did not build: {done.stderr.strip()[-400:]}")
+        raise PeerBuildError(f"{kind} did not build: {done.stderr.strip()[-400:]}")
     return Path(done.stdout.strip().splitlines()[-1])
 
 
@@ -94,10 +108,12 @@ class PeerPlugin:
         key_arn: str,
         *,
         extra_args: tuple[str, ...] = (),
+        kind: str = "stand-in",
         executable: Path | None = None,
     ) -> None:
         self.tmp = tmp
-        self.executable = executable  # None: build aws-encryption-provider (binary())
+        self.kind = kind
+        self.executable = executable  # None: build the peer of this kind (binary(kind))
         self.kms_endpoint = kms_endpoint
         self.key_arn = key_arn
         self.extra_args = extra_args
@@ -152,8 +168,9 @@ class PeerPlugin:
         }
 
     def start(self, timeout: float = 20.0) -> PeerPlugin:
-        executable = self.executable or binary()
+        executable = self.executable or binary(self.kind)
         self.health_port = free_port()
+        self.tmp.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 self.command(executable), env=self.env(), stdout=out, stderr=subprocess.STDOUT
@@ -162,7 +179,7 @@ class PeerPlugin:
         last = "no answer yet"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"aws-encryption-provider exited: {self.log.read_text()[-800:]}")
+                raise RuntimeError(f"{self.kind} exited: {self.log.read_text()[-800:]}")
             if self.socket.exists():
                 try:
                     healthz = _status_now(self.endpoint)
@@ -175,8 +192,7 @@ class PeerPlugin:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(
-            f"aws-encryption-provider did not answer Status in time ({last}): "
-            f"{self.log.read_text()[-800:]}"
+            f"{self.kind} did not answer Status in time ({last}): {self.log.read_text()[-800:]}"
         )
 
     def stop(self) -> None:

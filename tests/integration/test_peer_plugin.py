@@ -1,10 +1,10 @@
-"""The pieces for side-by-side benchmarks (issue 8): a latency proxy and a real peer plugin.
+"""The pieces for side-by-side benchmarks (issue 8): a latency proxy and peer plugins.
 
 The latency proxy (tests/aws/latency_proxy.py) sits between a plugin and local-kms, adds a
 delay per request and counts remote KMS calls by X-Amz-Target. Its tests run against
 local-kms and against an upstream of our own that records the raw request and checks its
-SigV4 signature. The peer, aws-encryption-provider (tests/aws/peer.py), runs behind the
-proxy; its tests skip only when Go cannot build it here.
+SigV4 signature. The peers (tests/aws/peer.py) run behind the proxy: our stand-in always,
+aws-encryption-provider itself only where Go can build it (its module is not served here).
 """
 
 from __future__ import annotations
@@ -335,22 +335,25 @@ async def test_kmsplug_behind_the_proxy_makes_no_call_per_request(
     assert proxy.counts() == {}
 
 
-# -- the peer: aws-encryption-provider behind the proxy -------------------------------------
+# -- the peers behind the proxy ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def peer_binary() -> Path:
+@pytest.fixture(scope="module", params=peer_module.KINDS)
+def peer_binary(request: pytest.FixtureRequest) -> tuple[str, Path]:
     try:
-        return peer_module.binary()
+        return request.param, peer_module.binary(request.param)
     except PeerBuildError as exc:
         pytest.skip(str(exc))
 
 
 @pytest.fixture
 def peer(
-    kms: LocalKms, proxy: LatencyProxy, short_tmp: Path, peer_binary: Path
+    kms: LocalKms, proxy: LatencyProxy, short_tmp: Path, peer_binary: tuple[str, Path]
 ) -> Iterator[PeerPlugin]:
-    plugin = PeerPlugin(short_tmp, proxy.url, kms.create_key()).start()
+    kind, executable = peer_binary
+    plugin = PeerPlugin(
+        short_tmp, proxy.url, kms.create_key(), kind=kind, executable=executable
+    ).start()
     proxy.reset()  # its start-up Status cost an Encrypt (and a Decrypt)
     yield plugin
     plugin.stop()
@@ -410,5 +413,10 @@ async def test_peer_metrics(peer: PeerPlugin) -> None:
             return str(answer.read().decode())
 
     text = await anyio.to_thread.run_sync(scrape)
-    assert "aws_encryption_provider_kms_operations_total{" in text
-    assert "aws_encryption_provider_kms_operation_latency_ms_bucket{" in text
+    if peer.kind == "stand-in":
+        # the start-up Status probe's Encrypt + Decrypt, then the test's Encrypt
+        assert 'peer_kms_operations_total{operation="encrypt",status="ok"} 2\n' in text
+        assert 'peer_kms_operations_total{operation="decrypt",status="ok"} 1\n' in text
+    else:
+        assert "aws_encryption_provider_kms_operations_total{" in text
+        assert "aws_encryption_provider_kms_operation_latency_ms_bucket{" in text
