@@ -58,6 +58,7 @@ fuzz-deps: ## Install cargo-fuzz when a nightly toolchain is present (it needs o
 .PHONY: test
 test: build e2e-deps fuzz-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd)
 	cargo test --workspace --release --quiet
+	$(PY) -m pytest benches --benchmark-disable -q -p no:cacheprovider  # the benchmarks still run
 	$(PY) -m pytest tests
 
 .PHONY: cluster
