@@ -25,6 +25,14 @@ from kmsplug.bench import Result
 MERGE_PATCH = "application/merge-patch+json"
 
 
+class ListFailed(RuntimeError):
+    """The apiserver answered a LIST with an error (e.g. 504 after its request timeout)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"LIST: HTTP {status} {body[:300]!r}")
+        self.status = status
+
+
 class SecretLoad:
     """Creates, patches, reads and lists Secrets named `bench-<n>` in one namespace."""
 
@@ -112,16 +120,29 @@ class SecretLoad:
 
         return await self._phase("get", clients, count, seconds, one)
 
-    async def list_all(self) -> tuple[float, int]:
-        """One unpaginated LIST of the namespace: (milliseconds, Secrets returned)."""
+    async def list_all(self, page: int = 0) -> tuple[float, int]:
+        """LIST the namespace: (milliseconds, Secrets returned).
+
+        page=0: one unpaginated LIST; page=N: pages of N following `continue`, as
+        `kubectl get secrets` does (each page is one request under the apiserver's timeout).
+        """
+        items = 0
+        token = ""
         async with self._session(1) as session:
             t0 = time.perf_counter()
-            async with session.get(self.base, timeout=aiohttp.ClientTimeout(total=900)) as response:
-                body = await response.read()
-                elapsed = (time.perf_counter() - t0) * 1000
-                if response.status != 200:
-                    raise RuntimeError(f"LIST: HTTP {response.status} {body[:300]!r}")
-        return elapsed, len(json.loads(body)["items"])
+            while True:
+                params = {"limit": str(page), "continue": token} if page else {}
+                async with session.get(
+                    self.base, params=params, timeout=aiohttp.ClientTimeout(total=900)
+                ) as response:
+                    body = await response.read()
+                    if response.status != 200:
+                        raise ListFailed(response.status, body)
+                listed = json.loads(body)
+                items += len(listed["items"])
+                token = listed["metadata"].get("continue", "")
+                if not token:
+                    return (time.perf_counter() - t0) * 1000, items
 
     def _need_secrets(self) -> None:
         if self.created == 0:

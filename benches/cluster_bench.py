@@ -26,6 +26,7 @@ import base64
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import subprocess
@@ -45,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(HERE)]
 
-from apiserver_load import SecretLoad  # noqa: E402
+from apiserver_load import ListFailed, SecretLoad  # noqa: E402
 
 from kmsplug.bench import Plan, Result, run  # noqa: E402
 from kmsplug.encryption_config import encryption_configuration  # noqa: E402
@@ -67,6 +68,7 @@ PLUGIN_RUNS = (
     ("v2-cold", 16),
 )
 V1_CACHESIZE = 1000  # the apiserver's default for KMS v1 providers
+LIST_PAGE = 500  # kubectl's page size
 
 
 @dataclass
@@ -201,13 +203,21 @@ def run_case(case: str, side: KmsSide | None, settings: Settings) -> dict[str, A
 
         before = calls.read() if calls else 0
         bed.stop_apiserver()
+        log_mark = (bed.workdir / "apiserver.log").stat().st_size
         started = time.monotonic()
         bed.start_apiserver(timeout=900)
         out["restart_ready_s"] = time.monotonic() - started
-        out["cold_list_ms"], listed = anyio.run(load.list_all)
+        out["cold_list_ms"], listed = anyio.run(load.list_all, LIST_PAGE)
         out["restart_to_list_s"] = time.monotonic() - started
         out["cold_listed"] = listed
+        out["cache_init_s"] = secrets_cache_init(bed.workdir / "apiserver.log", log_mark)
         remote["cold_start"] = calls.read() - before if calls else 0
+        before = calls.read() if calls else 0
+        try:  # one unpaginated LIST: every Secret in one request, under the 60 s timeout
+            out["unpaged_list_ms"], _ = anyio.run(load.list_all, 0)
+        except ListFailed as exc:
+            out["unpaged_list_ms"], out["unpaged_list_error"] = None, f"HTTP {exc.status}"
+        remote["unpaged_list"] = calls.read() - before if calls else 0
         out["remote_calls"] = remote
         print(
             f"  {case}: create p99 {out['create']['p99_ms']:.1f} ms, "
@@ -218,6 +228,30 @@ def run_case(case: str, side: KmsSide | None, settings: Settings) -> dict[str, A
     finally:
         bed.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def secrets_cache_init(log: Path, offset: int, wait: float = 600) -> float | None:
+    """Seconds the restarted apiserver took to fill its Secrets watch cache (each Secret
+    decrypted once), from its own log line; None if it did not finish within `wait`."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            for line in handle.read().decode(errors="replace").splitlines():
+                if '"cacher initialized"' in line and 'resource="secrets"' in line:
+                    found = re.search(r'duration="([^"]+)"', line)
+                    return go_duration(found.group(1)) if found else None
+        time.sleep(0.5)
+    return None
+
+
+def go_duration(text: str) -> float:
+    """Seconds in a Go time.Duration string such as 1m2.5s, 8.87s or 950.2µs."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"([0-9.]+)(h|ms|m|s|us|µs|ns)", text)
+    if not parts:
+        raise ValueError(f"not a Go duration: {text!r}")
+    return sum(float(number) * units[unit] for number, unit in parts)
 
 
 def run_plugin_level(

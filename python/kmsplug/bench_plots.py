@@ -1,19 +1,22 @@
 """PNG plots for `kmsplug bench --plot-dir`: a latency CDF and throughput vs concurrency.
 
 matplotlib is an optional dependency (`pip install kmsplug[bench]`): the plugin itself
-never imports it.
+never imports it. The cluster benchmark (benches/cluster_report.py) draws with the same
+helpers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from kmsplug.bench import Result
 from kmsplug.errors import ConfigError
 
 
-def write_plots(results: Sequence[Result], directory: Path) -> list[Path]:
+def pyplot() -> Any:
+    """matplotlib.pyplot drawing to files only, or a ConfigError naming the extra."""
     try:
         import matplotlib
 
@@ -21,39 +24,60 @@ def write_plots(results: Sequence[Result], directory: Path) -> list[Path]:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ConfigError("plots need matplotlib: pip install 'kmsplug[bench]'") from exc
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
+    return plt
 
+
+def latency_cdf(
+    path: Path, series: Iterable[tuple[str, Sequence[float]]], *, title: str, xlabel: str
+) -> Path:
+    """One CDF line per (label, latencies in ms), on a log time axis."""
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(8, 5))
-    for result in results:
-        ordered = sorted(result.latencies_ms)
-        if not ordered:
-            continue
-        fractions = [(i + 1) / len(ordered) for i in range(len(ordered))]
-        axes.plot(ordered, fractions, label=f"{result.workload} x{result.concurrency}")
+    for label, latencies in series:
+        ordered = sorted(latencies)
+        if ordered:
+            fractions = [(i + 1) / len(ordered) for i in range(len(ordered))]
+            axes.plot(ordered, fractions, label=label)
     axes.set_xscale("log")
-    axes.set_xlabel("latency (ms, log scale)")
     axes.set_ylabel("fraction of calls")
-    axes.set_title("Latency CDF")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
-    path = directory / "latency-cdf.png"
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    written.append(path)
+    return save(figure, axes, path, title=title, xlabel=xlabel)
 
-    figure, axes = plt.subplots(figsize=(8, 5))
+
+def save(figure: Any, axes: Any, path: Path, *, title: str, xlabel: str) -> Path:
+    """Title, grid and legend, then write the PNG and free the figure."""
+    axes.set_title(title)
+    axes.set_xlabel(xlabel)
+    axes.grid(True, which="both", alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    pyplot().close(figure)
+    return path
+
+
+def write_plots(results: Sequence[Result], directory: Path) -> list[Path]:
+    written = [
+        latency_cdf(
+            directory / "latency-cdf.png",
+            ((f"{r.workload} x{r.concurrency}", r.latencies_ms) for r in results),
+            title="Latency CDF",
+            xlabel="latency (ms, log scale)",
+        )
+    ]
+    figure, axes = pyplot().subplots(figsize=(8, 5))
     for workload in dict.fromkeys(r.workload for r in results):
         runs = sorted((r for r in results if r.workload == workload), key=lambda r: r.concurrency)
         axes.plot([r.concurrency for r in runs], [r.rps for r in runs], marker="o", label=workload)
     axes.set_xscale("log", base=2)
-    axes.set_xlabel("calls in flight")
     axes.set_ylabel("requests per second")
-    axes.set_title("Throughput vs concurrency")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize="small")
-    path = directory / "throughput.png"
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    written.append(path)
+    written.append(
+        save(
+            figure,
+            axes,
+            directory / "throughput.png",
+            title="Throughput vs concurrency",
+            xlabel="calls in flight",
+        )
+    )
     return written

@@ -37,6 +37,7 @@ def test_small_cluster_benchmark(tmp_path: Path) -> None:
     assert set(cases) == {"aesgcm", "kmsplug-v1", "peer-v1"}
     for row in cases.values():
         assert row["cold_listed"] == row["stored"] == 300
+        assert row["cache_init_s"] is not None and row["unpaged_list_ms"] is not None
         assert all(row[p]["errors"] == {} for p in ("create1", "create", "update", "get"))
         assert row["create"]["requests"] == 100 and row["create"]["p99_ms"] > 0
     # the peer: one KMS Encrypt per v1 write, one Decrypt per Secret after the restart

@@ -7,7 +7,7 @@ mappings are tested with errors as botocore raises them (botocore Stubber).
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,6 @@ pytestmark = pytest.mark.anyio
 
 Make = Callable[..., Resilient]
 FAST = ResiliencePolicy(deadline=1.0, max_attempts=2, backoff_base=0.01)
-
-
-@pytest.fixture(scope="module")
-def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKms]:
-    server = LocalKms(tmp_path_factory.mktemp("local-kms")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -49,13 +49,6 @@ FAST = ResiliencePolicy(deadline=2.0, max_attempts=1, backoff_base=0.01)
 ENCRYPT, DECRYPT = "TrentService.Encrypt", "TrentService.Decrypt"
 
 
-@pytest.fixture(scope="module")
-def kms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKms]:
-    server = LocalKms(tmp_path_factory.mktemp("local-kms")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def proxy(kms: LocalKms) -> Iterator[LatencyProxy]:
     with LatencyProxy(kms.endpoint, DELAY_MS) as running:
