@@ -194,7 +194,7 @@ def run_case(case: str, side: KmsSide | None, settings: Settings) -> dict[str, A
         phase("create", load.create, settings.clients, settings.writes, settings.seconds)
         phase("update", load.update, settings.clients, settings.writes, settings.seconds)
         phase("get", load.get, settings.clients, settings.writes * 4, settings.seconds)
-        out["warm_list_ms"], _ = anyio.run(load.list_all)
+        out["warm_list_ms"], _ = anyio.run(load.list_all, LIST_PAGE)
         phase("fill", load.create, 32, settings.secrets - load.created, 900.0)
         out["stored"] = load.created
         out["writes"] = load.created
