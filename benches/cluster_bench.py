@@ -3,7 +3,8 @@
 Cluster level: for each case a fresh etcd + kube-apiserver (tests/e2e/bed.py, data on
 tmpfs) with one EncryptionConfiguration:
   identity (no encryption), aesgcm (a local key: the floor), kmsplug-v2, kmsplug-v1,
-  peer-v1, peer-v2 (kubernetes-sigs/aws-encryption-provider),
+  peer-v1, peer-v2 (the stand-in of tests/aws/peer.py: built like aws-encryption-provider,
+  whose own module the Go module proxy here refuses),
 where kmsplug (its AWS provider) and the peer talk to the same local-kms emulator through
 one latency proxy that adds --delay-ms to every KMS call and counts the calls.
 Each case: create / update / get phases with --clients concurrent clients, a warm LIST,

@@ -137,7 +137,7 @@ def render(results: Row) -> str:
     if plugin:
         lines += [
             "",
-            "## Plugin sockets, kmsplug vs aws-encryption-provider (same emulated KMS)",
+            "## Plugin sockets, kmsplug vs the peer (same emulated KMS)",
             "",
             "| workload | in flight | KMS delay | kmsplug req/s | peer req/s | kmsplug / peer "
             "| kmsplug p99 ms | peer p99 ms | remote calls kmsplug / peer |",
@@ -236,11 +236,11 @@ def write_plots(results: Row, directory: Path) -> list[Path]:
 
     plt = pyplot()
     cases = case_medians(results)
-    figure, axes = plt.subplots(figsize=(9, 5))
-    labels = [f"{c}\n{'' if d is None else f'{d:g} ms'}" for (c, d) in cases]
+    figure, axes = plt.subplots(figsize=(11, 5))
+    labels = [f"{c}\n{'' if d is None else f'{d:g} ms KMS'}" for (c, d) in cases]
     axes.bar(labels, [m["restart_to_list_s"] or 0 for m in cases.values()])
     axes.set_ylabel("seconds from apiserver restart to a full LIST")
-    axes.tick_params(axis="x", labelsize="small")
+    axes.tick_params(axis="x", labelsize="small", labelrotation=30)
     title = "Cold start: restart, then LIST every Secret"
     written.append(save(figure, axes, directory / "cold-list.png", title=title, xlabel=""))
 
