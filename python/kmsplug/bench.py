@@ -8,6 +8,9 @@ Workloads (every loop bounded by time and by a request cap):
   Secret, each exactly once (the run ends when all `--stored` are read).
 - v1-burst: bursts of `concurrency` simultaneous v1 Encrypts, `--burst-interval` apart
   (a controller creating many Secrets at once).
+- v2-write: Secret writes as a KMS v2 apiserver makes them: each write is sealed locally
+  (AES-GCM) under a DEK seed, and the plugin sees a Status every `--status-interval`
+  seconds and an Encrypt only when the key_id it reports changes (and at the start).
 - v2-cold: an apiserver restart: one v2 Decrypt per distinct stored seed.
 - v2-status: Status polling, as health probes do.
 - mixed: `--read-ratio` reads (v1-read) and the rest writes (v1-write).
@@ -24,9 +27,10 @@ import urllib.request
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,7 +38,16 @@ from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError
 
-WORKLOADS = ("v1-write", "v1-read", "v1-cold", "v1-burst", "v2-cold", "v2-status", "mixed")
+WORKLOADS = (
+    "v1-write",
+    "v1-read",
+    "v1-cold",
+    "v1-burst",
+    "v2-write",
+    "v2-cold",
+    "v2-status",
+    "mixed",
+)
 #: kmsplug's counter of remote KMS calls (every provider, operation and outcome).
 KMSPLUG_REMOTE_CALLS = "kmsplug_remote_calls"
 
@@ -100,6 +113,7 @@ class Plan:
     read_ratio: float = 0.9
     payload_size: int = 32  # the DEK (v1) or DEK seed (v2) the apiserver sends
     burst_interval: float = 0.5
+    status_interval: float = 60.0  # kube-apiserver polls a healthy v2 plugin every minute
 
 
 class CallCounter(Protocol):
@@ -208,6 +222,8 @@ async def _prepare(client: KmsClient, plan: Plan) -> Callable[[], Awaitable[int]
 
     if plan.workload in ("v1-write", "v1-burst"):
         return write
+    if plan.workload == "v2-write":
+        return _v2_writer(client, plan, payload)
     if plan.workload == "v2-status":
 
         async def status() -> int:
@@ -251,6 +267,47 @@ async def _prepare(client: KmsClient, plan: Plan) -> Callable[[], Awaitable[int]
         return await (read() if rng.random() < plan.read_ratio else write())
 
     return mixed
+
+
+@dataclass
+class _DekSeed:
+    """What a v2 apiserver keeps between writes: the key_id and the DEK seed under it."""
+
+    key_id: str | None = None
+    aead: Any = None
+    checked: float = -float("inf")
+
+
+def _v2_writer(
+    client: KmsClient, plan: Plan, payload: Callable[[], bytes]
+) -> Callable[[], Awaitable[int]]:
+    """One Secret write as a v2 apiserver makes it; returns the plugin calls it needed."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    seed = _DekSeed()
+    refreshing = anyio.Lock()  # concurrent writers share one check, as the apiserver does
+
+    def due() -> bool:
+        return seed.aead is None or time.monotonic() - seed.checked >= plan.status_interval
+
+    async def write() -> int:
+        calls = 0
+        if due():
+            async with refreshing:
+                if due():
+                    key_id = (await client.v2_status()).key_id
+                    calls += 1
+                    if key_id != seed.key_id:  # a new key: a new DEK seed, wrapped once
+                        fresh = secrets.token_bytes(32)
+                        await client.v2_encrypt(fresh)
+                        seed.key_id, seed.aead = key_id, AESGCM(fresh)
+                        calls += 1
+                    seed.checked = time.monotonic()
+        seed.aead.encrypt(secrets.token_bytes(12), payload(), None)
+        await anyio.lowlevel.checkpoint()  # a write that needed no call still yields
+        return calls
+
+    return write
 
 
 def table(results: list[Result]) -> str:

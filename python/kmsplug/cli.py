@@ -699,7 +699,16 @@ def _policy_rereader(ctx: click.Context) -> Callable[[], RotationPolicy]:
     "--workload",
     "workloads",
     type=click.Choice(
-        ["v1-write", "v1-read", "v1-cold", "v1-burst", "v2-cold", "v2-status", "mixed"]
+        [
+            "v1-write",
+            "v1-read",
+            "v1-cold",
+            "v1-burst",
+            "v2-write",
+            "v2-cold",
+            "v2-status",
+            "mixed",
+        ]
     ),
     multiple=True,
     default=("v1-write", "v2-cold"),
@@ -728,6 +737,12 @@ def _policy_rereader(ctx: click.Context) -> Callable[[], RotationPolicy]:
     type=click.FloatRange(0, 60),
     default=0.5,
     help="v1-burst: seconds between bursts of --concurrency Encrypts.",
+)
+@option(
+    "--status-interval",
+    type=click.FloatRange(0.01, 3600),
+    default=60.0,
+    help="v2-write: seconds between the Status calls that check the key_id.",
 )
 @option(
     "--metrics-url",
@@ -759,6 +774,7 @@ def bench(
     read_ratio: float,
     payload_size: int,
     burst_interval: float,
+    status_interval: float,
     metrics_url: str | None,
     remote_metrics: tuple[str, ...],
     as_json: bool,
@@ -785,6 +801,7 @@ def bench(
                 read_ratio,
                 payload_size,
                 burst_interval,
+                status_interval,
             )
             with tqdm(desc=f"{workload} x{concurrency}", unit="req", disable=as_json) as bar:
                 try:

@@ -111,3 +111,23 @@ def test_an_unreachable_metrics_url_is_a_usage_error(plugin: PluginProcess) -> N
     assert result.returncode == 2
     assert "cannot read metrics from http://127.0.0.1:9/metrics" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_v2_writes_call_the_plugin_only_for_a_new_key_id(plugin: PluginProcess) -> None:
+    (row,) = bench(
+        plugin,
+        *("--workload", "v2-write", "--concurrency", "4", "--duration", "2"),
+        *("--max-requests", "2000", "--payload-size", "512"),
+    )
+    # one Status (the key_id), one Encrypt (the DEK seed), then every write sealed locally
+    assert row["requests"] == 2000 and row["plugin_calls"] == 2 and row["errors"] == {}
+
+
+def test_v2_writes_poll_status_on_the_interval(plugin: PluginProcess) -> None:
+    (row,) = bench(
+        plugin,
+        *("--workload", "v2-write", "--concurrency", "1", "--duration", "1.05"),
+        *("--status-interval", "0.25", "--max-requests", "1000000"),
+    )
+    # Status at 0, 0.25, 0.5, 0.75, 1.0 s (+ the one Encrypt): the key_id never changed
+    assert 5 <= int(row["plugin_calls"]) <= 7  # type: ignore[call-overload]
