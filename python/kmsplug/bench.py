@@ -1,19 +1,6 @@
 """`kmsplug bench`: drive any KMS plugin socket the way kube-apiserver does, and measure.
 
-Workloads (every loop bounded by time and by a request cap):
-- v1-write: one v1 Encrypt per Secret write (fresh 32-byte DEK each time).
-- v1-read: reads of N stored Secrets through an apiserver-style LRU DEK cache of
-  `--cache-size` entries: only misses reach the plugin as Decrypt.
-- v1-cold: a v1 apiserver restart with an empty DEK cache: one v1 Decrypt per stored
-  Secret, each exactly once (the run ends when all `--stored` are read).
-- v1-burst: bursts of `concurrency` simultaneous v1 Encrypts, `--burst-interval` apart
-  (a controller creating many Secrets at once).
-- v2-write: Secret writes as a KMS v2 apiserver makes them: each write is sealed locally
-  (AES-GCM) under a DEK seed, and the plugin sees a Status every `--status-interval`
-  seconds and an Encrypt only when the key_id it reports changes (and at the start).
-- v2-cold: an apiserver restart: one v2 Decrypt per distinct stored seed.
-- v2-status: Status polling, as health probes do.
-- mixed: `--read-ratio` reads (v1-read) and the rest writes (v1-write).
+Workloads: kmsplug.workloads (every loop bounded by time and by a request cap).
 Reports throughput, latency percentiles (p50/p90/p99/p99.9), errors by gRPC code, and,
 given the plugin's Prometheus endpoint, the remote KMS calls it made during each run.
 """
@@ -37,17 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError
+from kmsplug.workloads import WORKLOADS as WORKLOAD_MODELS
 
-WORKLOADS = (
-    "v1-write",
-    "v1-read",
-    "v1-cold",
-    "v1-burst",
-    "v2-write",
-    "v2-cold",
-    "v2-status",
-    "mixed",
-)
+WORKLOADS = tuple(WORKLOAD_MODELS)
 #: kmsplug's counter of remote KMS calls (every provider, operation and outcome).
 KMSPLUG_REMOTE_CALLS = "kmsplug_remote_calls"
 

@@ -18,6 +18,7 @@ import click
 from kmsplug import __version__
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError, KmsplugError
+from kmsplug.workloads import WORKLOADS
 
 if TYPE_CHECKING:
     from kmsplug.envelope import RotationPolicy
@@ -698,21 +699,12 @@ def _policy_rereader(ctx: click.Context) -> Callable[[], RotationPolicy]:
 @option(
     "--workload",
     "workloads",
-    type=click.Choice(
-        [
-            "v1-write",
-            "v1-read",
-            "v1-cold",
-            "v1-burst",
-            "v2-write",
-            "v2-cold",
-            "v2-status",
-            "mixed",
-        ]
-    ),
+    type=click.Choice(list(WORKLOADS)),
     multiple=True,
     default=("v1-write", "v2-cold"),
-    help="What the apiserver does (repeatable).",
+    help="What the apiserver does (repeatable): "
+    + "; ".join(f"{name}: {model}" for name, model in WORKLOADS.items())
+    + ".",
 )
 @option(
     "--concurrency",
