@@ -57,10 +57,13 @@ class SecretLoad:
             timeout=aiohttp.ClientTimeout(total=120),
         )
 
+    def _data(self) -> dict[str, str]:
+        """A Secret's data: `payload_bytes` random bytes, base64 as the API wants."""
+        return {"v": base64.b64encode(secrets.token_bytes(self.payload_bytes)).decode()}
+
     def _secret(self, name: str) -> bytes:
-        value = base64.b64encode(secrets.token_bytes(self.payload_bytes)).decode()
         return json.dumps(
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": {"v": value}}
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": self._data()}
         ).encode()
 
     async def ensure_namespace(self) -> None:
@@ -74,13 +77,10 @@ class SecretLoad:
 
     async def create(self, clients: int, count: int, seconds: float) -> Result:
         """Create up to `count` new Secrets within `seconds`."""
-        first = self.created
-        names = iter(range(first, first + count))
+        names = itertools.count(self.created)  # the phase's budget bounds how many are taken
 
-        async def one(session: aiohttp.ClientSession) -> int | None:
-            n = next(names, None)
-            if n is None:
-                return None
+        async def one(session: aiohttp.ClientSession) -> int:
+            n = next(names)
             body = self._secret(f"bench-{n}")
             json_type = {"Content-Type": "application/json"}
             async with session.post(self.base, data=body, headers=json_type) as response:
@@ -97,10 +97,9 @@ class SecretLoad:
 
         async def one(session: aiohttp.ClientSession) -> int:
             name = f"bench-{secrets.randbelow(self.created)}"
-            value = base64.b64encode(secrets.token_bytes(self.payload_bytes)).decode()
             async with session.patch(
                 f"{self.base}/{name}",
-                data=json.dumps({"data": {"v": value}}).encode(),
+                data=json.dumps({"data": self._data()}).encode(),
                 headers={"Content-Type": MERGE_PATCH},
             ) as response:
                 await response.read()
@@ -154,7 +153,7 @@ class SecretLoad:
         clients: int,
         count: int,
         seconds: float,
-        one: Callable[[aiohttp.ClientSession], Awaitable[int | None]],
+        one: Callable[[aiohttp.ClientSession], Awaitable[int]],
     ) -> Result:
         result = Result(name, clients, 0.0)
         errors: Counter[str] = Counter()
@@ -170,8 +169,6 @@ class SecretLoad:
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     status = -1
                     errors[type(exc).__name__] += 1
-                if status is None:
-                    return
                 result.requests += 1
                 result.latencies_ms.append((time.perf_counter() - t0) * 1000)
                 if status not in (200, 201, -1):

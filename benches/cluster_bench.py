@@ -34,11 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import yaml
@@ -49,7 +49,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / 
 
 from apiserver_load import ListFailed, SecretLoad  # noqa: E402
 
-from kmsplug.bench import Plan, Result, run  # noqa: E402
+from kmsplug.bench import Plan, run  # noqa: E402
 from kmsplug.encryption_config import encryption_configuration  # noqa: E402
 from kmsplug.endpoint import Endpoint  # noqa: E402
 
@@ -70,6 +70,7 @@ PLUGIN_RUNS = (
 )
 V1_CACHESIZE = 1000  # the apiserver's default for KMS v1 providers
 LIST_PAGE = 500  # kubectl's page size
+T = TypeVar("T")
 
 
 @dataclass
@@ -84,13 +85,20 @@ class Settings:
 
 
 class ProxyCalls:
-    """The proxy's count of KMS calls, as `kmsplug.bench` reads remote calls."""
+    """The proxy's count of KMS calls, as `kmsplug.bench` reads remote calls (no proxy:
+    a case without a KMS, always 0)."""
 
-    def __init__(self, proxy: LatencyProxy) -> None:
+    def __init__(self, proxy: LatencyProxy | None) -> None:
         self.proxy = proxy
 
     def read(self) -> int:
-        return sum(self.proxy.counts().values())
+        return sum(self.proxy.counts().values()) if self.proxy else 0
+
+    def during(self, work: Callable[[], T]) -> tuple[T, int]:
+        """Run `work`; its result and the KMS calls made meanwhile."""
+        before = self.read()
+        value = work()
+        return value, self.read() - before
 
 
 @dataclass
@@ -141,17 +149,12 @@ def kms_side(delay_ms: float, workdir: Path) -> Iterator[KmsSide]:
 
 
 def encryption_config(case: str, side: KmsSide | None, path: Path) -> Path:
-    if case == "identity":
+    if case in STATIC_CASES:
         providers: list[dict[str, Any]] = [{"identity": {}}]
+        if case == "aesgcm":
+            key = base64.b64encode(secrets.token_bytes(32)).decode()
+            providers.insert(0, {"aesgcm": {"keys": [{"name": "k1", "secret": key}]}})
         document: dict[str, Any] = {
-            "apiVersion": "apiserver.config.k8s.io/v1",
-            "kind": "EncryptionConfiguration",
-            "resources": [{"resources": ["secrets"], "providers": providers}],
-        }
-    elif case == "aesgcm":
-        key = base64.b64encode(secrets.token_bytes(32)).decode()
-        providers = [{"aesgcm": {"keys": [{"name": "k1", "secret": key}]}}, {"identity": {}}]
-        document = {
             "apiVersion": "apiserver.config.k8s.io/v1",
             "kind": "EncryptionConfiguration",
             "resources": [{"resources": ["secrets"], "providers": providers}],
@@ -173,7 +176,7 @@ def run_case(case: str, side: KmsSide | None, settings: Settings) -> dict[str, A
     """One case on a fresh etcd + apiserver; every figure the report needs."""
     workdir = Path(tempfile.mkdtemp(prefix=f"{case}-", dir=settings.workdir))
     config = encryption_config(case, side, workdir / "encryption.yaml")
-    calls = ProxyCalls(side.proxy) if side else None
+    calls = ProxyCalls(side.proxy if side else None)
     bed = ClusterBed(workdir / "bed").start(config, feature_gates=("KMSv1=true",))
     print(f"  {case}: apiserver up", flush=True)
     try:
@@ -183,9 +186,7 @@ def run_case(case: str, side: KmsSide | None, settings: Settings) -> dict[str, A
         remote: dict[str, int] = {}
 
         def phase(name: str, go: Any, *args: Any) -> None:
-            before = calls.read() if calls else 0
-            result: Result = anyio.run(go, *args)
-            remote[name] = calls.read() - before if calls else 0
+            result, remote[name] = calls.during(lambda: anyio.run(go, *args))
             out[name] = result.summary()
             if name == "create1":  # the latency CDF plot
                 out["create1_latencies_ms"] = result.latencies_ms
@@ -198,27 +199,29 @@ def run_case(case: str, side: KmsSide | None, settings: Settings) -> dict[str, A
         out["warm_list_ms"], _ = anyio.run(load.list_all, LIST_PAGE)
         phase("fill", load.create, 32, settings.secrets - load.created, 900.0)
         out["stored"] = load.created
-        out["writes"] = load.created
         writes_calls = remote["create1"] + remote["create"] + remote["fill"]
         out["remote_calls_per_10k_writes"] = writes_calls * 10_000 / max(1, load.created)
 
-        before = calls.read() if calls else 0
-        bed.stop_apiserver()
-        log_mark = (bed.workdir / "apiserver.log").stat().st_size
-        started = time.monotonic()
-        bed.start_apiserver(timeout=900)
-        out["restart_ready_s"] = time.monotonic() - started
-        out["cold_list_ms"], listed = anyio.run(load.list_all, LIST_PAGE)
-        out["restart_to_list_s"] = time.monotonic() - started
+        def cold_start() -> int:
+            bed.stop_apiserver()
+            log_mark = (bed.workdir / "apiserver.log").stat().st_size
+            started = time.monotonic()
+            bed.start_apiserver(timeout=900)
+            out["restart_ready_s"] = time.monotonic() - started
+            out["cold_list_ms"], listed = anyio.run(load.list_all, LIST_PAGE)
+            out["restart_to_list_s"] = time.monotonic() - started
+            out["cache_init_s"] = secrets_cache_init(bed.workdir / "apiserver.log", log_mark)
+            return listed
+
+        def unpaged_list() -> None:  # every Secret in one request, under the 60 s timeout
+            try:
+                out["unpaged_list_ms"], _ = anyio.run(load.list_all, 0)
+            except ListFailed as exc:
+                out["unpaged_list_ms"], out["unpaged_list_error"] = None, f"HTTP {exc.status}"
+
+        listed, remote["cold_start"] = calls.during(cold_start)
         out["cold_listed"] = listed
-        out["cache_init_s"] = secrets_cache_init(bed.workdir / "apiserver.log", log_mark)
-        remote["cold_start"] = calls.read() - before if calls else 0
-        before = calls.read() if calls else 0
-        try:  # one unpaginated LIST: every Secret in one request, under the 60 s timeout
-            out["unpaged_list_ms"], _ = anyio.run(load.list_all, 0)
-        except ListFailed as exc:
-            out["unpaged_list_ms"], out["unpaged_list_error"] = None, f"HTTP {exc.status}"
-        remote["unpaged_list"] = calls.read() - before if calls else 0
+        _, remote["unpaged_list"] = calls.during(unpaged_list)
         out["remote_calls"] = remote
         print(
             f"  {case}: create p99 {out['create']['p99_ms']:.1f} ms, "

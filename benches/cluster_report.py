@@ -27,7 +27,7 @@ def case_medians(results: Row) -> dict[tuple[str, float | None], Row]:
     groups: dict[tuple[str, float | None], list[Row]] = {}
     for row in results["cases"]:
         groups.setdefault((row["case"], row["delay_ms"]), []).append(row)
-    figures: dict[str, Callable[[Row], float]] = {
+    figures: dict[str, Callable[[Row], float | None]] = {
         "create1_p50": lambda r: r["create1"]["p50_ms"],
         "create1_p99": lambda r: r["create1"]["p99_ms"],
         "create_rps": lambda r: r["create"]["rps"],

@@ -787,13 +787,13 @@ def bench(
                 workload,
                 concurrency,
                 duration,
-                max_requests,
-                stored,
-                cache_size,
-                read_ratio,
-                payload_size,
-                burst_interval,
-                status_interval,
+                max_requests=max_requests,
+                stored=stored,
+                cache_size=cache_size,
+                read_ratio=read_ratio,
+                payload_size=payload_size,
+                burst_interval=burst_interval,
+                status_interval=status_interval,
             )
             with tqdm(desc=f"{workload} x{concurrency}", unit="req", disable=as_json) as bar:
                 try:
