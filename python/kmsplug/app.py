@@ -46,32 +46,36 @@ PROVIDERS = ("local", "alibaba", "vault", "pkcs11", "aws")
 
 
 def make_provider(
-    name: str, env: Mapping[str, str], alibaba: AlibabaSettings | None = None
+    name: str,
+    env: Mapping[str, str],
+    alibaba: AlibabaSettings | None = None,
+    resilience: ResiliencePolicy | None = None,
 ) -> RemoteKek | None:
-    """A remote provider by name (None for `local`: the key file is the provider).
+    """A remote provider by name (None for `local`: the key file is the provider), behind
+    the resilience layer with `resilience`'s limits.
 
     Vault, PKCS#11 and AWS read their settings from KMSPLUG_VAULT_* / VAULT_*,
-    KMSPLUG_PKCS11_* and KMSPLUG_AWS_* / AWS_* (see their modules); Alibaba's come from
-    the command line.
+    KMSPLUG_PKCS11_* and KMSPLUG_AWS_* / AWS_* in `env` (see their modules; `serve`'s
+    --vault-*, --pkcs11-* and --aws-* flags land there); Alibaba's are `alibaba`.
     """
     if name == "local":
         return None
     if name == "alibaba":
         if alibaba is None:
             raise ConfigError("alibaba: --key-id and --region are required")
-        return alibaba_provider(alibaba, env)
+        return alibaba_provider(alibaba, env, resilience)
     if name == "vault":
         from kmsplug.providers.vault import vault_provider, vault_settings_from_env
 
-        return vault_provider(vault_settings_from_env(env), env)
+        return vault_provider(vault_settings_from_env(env), env, resilience)
     if name == "pkcs11":
         from kmsplug.providers.pkcs11 import pkcs11_provider, pkcs11_settings_from_env
 
-        return pkcs11_provider(pkcs11_settings_from_env(env), env)
+        return pkcs11_provider(pkcs11_settings_from_env(env), env, resilience)
     if name == "aws":
         from kmsplug.providers.aws import aws_provider, aws_settings_from_env
 
-        return aws_provider(aws_settings_from_env(env), env)
+        return aws_provider(aws_settings_from_env(env), env, resilience)
     raise ConfigError(f"unknown provider {name!r}; one of {', '.join(PROVIDERS)}")
 
 

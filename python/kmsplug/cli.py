@@ -18,6 +18,7 @@ import click
 from kmsplug import __version__
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError, KmsplugError
+from kmsplug.provider_options import remote_kms_options
 from kmsplug.workloads import WORKLOADS
 
 if TYPE_CHECKING:
@@ -232,8 +233,8 @@ def main() -> None:
     type=click.Choice(["local", "alibaba", "vault", "pkcs11", "aws"]),
     default="local",
     envvar="KMSPLUG_PROVIDER",
-    help="Where the write KEK lives (vault: KMSPLUG_VAULT_*/VAULT_* settings; pkcs11: "
-    "KMSPLUG_PKCS11_*; aws: KMSPLUG_AWS_*/AWS_*; see docs/operations.md).",
+    help="Where the write KEK lives (vault, pkcs11, aws: their --vault-*, --pkcs11-*, "
+    "--aws-* settings below; see docs/operations.md).",
 )
 @option(
     "--decrypt-provider",
@@ -301,6 +302,7 @@ def main() -> None:
     hidden=True,
     help="ack-kms-plugin's verbosity: 0 info, 1+ debug.",
 )
+@remote_kms_options
 def serve(
     endpoint: Endpoint,
     key_file: Path,
@@ -331,6 +333,9 @@ def serve(
     compat: str,
     enable_kms_v1: bool,
     gloglevel: int | None,
+    remote_deadline: float,
+    remote_rate: float,
+    **provider_settings: object,
 ) -> None:
     """Serve the plugin (default: the embedded local key, no flags needed)."""
     import os
@@ -338,6 +343,7 @@ def serve(
     from kmsplug import log
     from kmsplug.app import build_service, make_provider, print_ready
     from kmsplug.envelope import RotationPolicy
+    from kmsplug.provider_options import provider_environment, resilience_policy
     from kmsplug.server import ServerSettings, serve
 
     del enable_kms_v1  # v1 is on by default; --disable-v1 turns it off
@@ -373,8 +379,10 @@ def serve(
                 allowed_specs=ALLOWED_SPECS_DEFAULT + alibaba_allow_spec,
                 compat_ack=compat == "ack",
             )
-        writer = make_provider(provider, os.environ, alibaba)
-        readers = [make_provider(name, os.environ, alibaba) for name in decrypt_providers]
+        env = provider_environment(provider_settings, os.environ)
+        limits = resilience_policy(remote_deadline, remote_rate)
+        writer = make_provider(provider, env, alibaba, limits)
+        readers = [make_provider(name, env, alibaba, limits) for name in decrypt_providers]
         service = build_service(
             key_file=key_file,
             decrypt_key_files=decrypt_key_files,
