@@ -16,6 +16,18 @@ def write_config(path: Path, document: dict[str, object]) -> Path:
     return path
 
 
+def identity_config(path: Path) -> Path:
+    """Secrets stored unencrypted: a cluster before encryption is turned on."""
+    return write_config(
+        path,
+        {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "EncryptionConfiguration",
+            "resources": [{"resources": ["secrets"], "providers": [{"identity": {}}]}],
+        },
+    )
+
+
 def kms_config(path: Path, endpoint: Endpoint, *args: str) -> Path:
     """Write what `kmsplug config --socket ENDPOINT ARGS...` prints to `path`."""
     out = subprocess.run(

@@ -21,7 +21,7 @@ from kmsplug.cluster.storage import classify
 from kmsplug.encryption_config import encryption_configuration
 
 from bed import ClusterBed
-from configs import kms_config, merged_config, write_config
+from configs import identity_config, kms_config, merged_config
 from fakes.alibaba_kms import FakeAlibabaKms
 from plugin_process import PluginFactory, PluginProcess
 
@@ -148,15 +148,7 @@ def test_key_rotation_then_migrate_moves_everything_to_the_new_key_id(
 def test_enabling_encryption_on_an_existing_cluster(
     plugin_factory: PluginFactory, bed_factory: Callable[..., ClusterBed], short_tmp: Path
 ) -> None:
-    identity = write_config(
-        short_tmp / "identity.yaml",
-        {
-            "apiVersion": "apiserver.config.k8s.io/v1",
-            "kind": "EncryptionConfiguration",
-            "resources": [{"resources": ["secrets"], "providers": [{"identity": {}}]}],
-        },
-    )
-    bed = bed_factory(identity)
+    bed = bed_factory(identity_config(short_tmp / "identity.yaml"))
     made = make_secrets(bed, 10, "plain")
     raw = bed.raw(f"/registry/secrets/default/{next(iter(made))}")
     assert made[next(iter(made))].encode() in raw  # stored in plaintext before
@@ -307,12 +299,13 @@ def test_each_provider_behind_a_real_apiserver(
     short_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The core v2 flow (write, raw check, apiserver restart, read back) for each KMS."""
+    """The core v2 flow (write, raw check, apiserver restart, read back) for each KMS,
+    configured as an operator would: settings as flags, secrets in the environment."""
     import contextlib
 
     with contextlib.ExitStack() as stack:
-        prefix = _provider_env(provider, short_tmp, monkeypatch, stack)
-        plugin = plugin_factory("--provider", provider)
+        prefix, flags = _provider_setup(provider, short_tmp, monkeypatch, stack)
+        plugin = plugin_factory("--provider", provider, *flags)
         bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
         made = make_secrets(bed, 10)
         (key_id,) = assert_stored(bed, made, b"k8s:enc:kms:v2:kmsplug:")
@@ -321,8 +314,89 @@ def test_each_provider_behind_a_real_apiserver(
         read_back(bed, made)
 
 
-def _provider_env(provider: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, stack: object) -> str:
-    """Start the provider's real server or device; set the env kmsplug reads; key_id prefix."""
+def test_vault_kubernetes_auth_through_the_clusters_own_token_review(
+    plugin_factory: PluginFactory,
+    bed_factory: Callable[..., ClusterBed],
+    short_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kmsplug logs in to OpenBao with a service-account token of the cluster; OpenBao
+    checks it with a TokenReview on the real apiserver; that apiserver then encrypts its
+    Secrets through kmsplug. A token of an account the role does not bind is refused at
+    start-up with a message that says so."""
+    from kubernetes import client
+
+    from vault.devserver import DevServer
+
+    for name in ("VAULT_ADDR", "VAULT_TOKEN", "KMSPLUG_VAULT_TOKEN", "KMSPLUG_VAULT_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    bed = bed_factory(identity_config(short_tmp / "identity.yaml"))
+    core = bed.core()
+
+    def service_account_token(name: str) -> Path:
+        core.create_namespaced_service_account("kube-system", {"metadata": {"name": name}})
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        )
+        issued = core.create_namespaced_service_account_token(name, "kube-system", request)
+        path = short_tmp / f"{name}.jwt"
+        path.write_text(issued.status.token)
+        return path
+
+    reviewer, kmsplug_jwt, other_jwt = map(service_account_token, ("bao", "kmsplug", "other"))
+    (short_tmp / "bao").mkdir()
+    bao = DevServer(short_tmp / "bao").start()
+    try:
+        bao.enable_transit()
+        bao.create_key("k8s")
+        bao.api("POST", "sys/auth/kubernetes", {"type": "kubernetes"})
+        ca_cert = (bed.workdir / "certs" / "apiserver.crt").read_text()
+        bao.api(
+            "POST",
+            "auth/kubernetes/config",
+            {
+                "kubernetes_host": bed.server_url,
+                "kubernetes_ca_cert": ca_cert,
+                "token_reviewer_jwt": reviewer.read_text(),
+                "disable_local_ca_jwt": True,
+            },
+        )
+        bao.api(
+            "POST",
+            "auth/kubernetes/role/kmsplug",
+            {
+                "bound_service_account_names": ["kmsplug"],
+                "bound_service_account_namespaces": ["kube-system"],
+                "token_policies": [bao.transit_policy("kms", "k8s")],
+                "token_ttl": "1h",
+            },
+        )
+        flags = (
+            *("--provider", "vault", "--vault-address", bao.address),
+            *("--vault-transit-key", "k8s", "--vault-auth", "kubernetes"),
+            *("--vault-role", "kmsplug"),
+        )
+        with pytest.raises(RuntimeError, match="exited with 1") as refused:
+            plugin_factory(*flags, "--vault-jwt-file", str(other_jwt), name="other")
+        assert "kubernetes login at auth/kubernetes refused" in str(refused.value)
+        plugin = plugin_factory(*flags, "--vault-jwt-file", str(kmsplug_jwt))
+        bed.restart_apiserver(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
+        made = make_secrets(bed, 10)
+        (key_id,) = assert_stored(bed, made, b"k8s:enc:kms:v2:kmsplug:")
+        assert key_id.startswith("vault:transit/k8s:"), key_id
+        bed.restart_apiserver()
+        read_back(bed, made)
+        for jwt in (kmsplug_jwt, other_jwt):
+            assert jwt.read_text() not in plugin.log()
+    finally:
+        bao.stop()
+
+
+def _provider_setup(
+    provider: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, stack: object
+) -> tuple[str, list[str]]:
+    """Start the provider's real server or device and put its secret in the environment;
+    returns the key_id prefix to expect and the serve flags for the rest."""
     from contextlib import ExitStack
 
     assert isinstance(stack, ExitStack)
@@ -333,28 +407,23 @@ def _provider_env(provider: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, sta
         monkeypatch.setenv("SOFTHSM2_CONF", str(hsm.conf))
         hsm.init_token("k8s", "1234")
         hsm.keygen("k8s", "1234", "kek", "01")
-        for name, value in {
-            "KMSPLUG_PKCS11_LIBRARY": hsm.env()["KMSPLUG_PKCS11_LIBRARY"],
-            "KMSPLUG_PKCS11_TOKEN": "k8s",
-            "KMSPLUG_PKCS11_KEY_LABEL": "kek",
-            "KMSPLUG_PKCS11_PIN": "1234",
-        }.items():
-            monkeypatch.setenv(name, value)
-        return "pkcs11:k8s/kek:"
+        monkeypatch.setenv("KMSPLUG_PKCS11_PIN", "1234")
+        return "pkcs11:k8s/kek:", [
+            *("--pkcs11-library", hsm.env()["KMSPLUG_PKCS11_LIBRARY"]),
+            *("--pkcs11-token", "k8s", "--pkcs11-key-label", "kek"),
+        ]
     if provider == "aws":
         from aws.emulator import CREDENTIALS, REGION, LocalKms
 
         (tmp / "aws").mkdir()
         kms = LocalKms(tmp / "aws").start()
         stack.callback(kms.stop)
-        for name, value in {
-            **CREDENTIALS,
-            "AWS_REGION": REGION,
-            "KMSPLUG_AWS_KEY": kms.create_key(),
-            "KMSPLUG_AWS_ENDPOINT": kms.endpoint,
-        }.items():
+        for name, value in CREDENTIALS.items():
             monkeypatch.setenv(name, value)
-        return "aws:arn:aws:kms:"
+        return "aws:arn:aws:kms:", [
+            *("--aws-key", kms.create_key(), "--aws-endpoint", kms.endpoint),
+            *("--aws-region", REGION),
+        ]
     from vault.devserver import DevServer
 
     (tmp / "bao").mkdir()
@@ -362,10 +431,5 @@ def _provider_env(provider: str, tmp: Path, monkeypatch: pytest.MonkeyPatch, sta
     stack.callback(bao.stop)
     bao.enable_transit()
     bao.create_key("k8s")
-    for name, value in {
-        "VAULT_ADDR": bao.address,
-        "VAULT_TOKEN": bao.root_token,
-        "KMSPLUG_VAULT_TRANSIT_KEY": "k8s",
-    }.items():
-        monkeypatch.setenv(name, value)
-    return "vault:transit/k8s:"
+    monkeypatch.setenv("VAULT_TOKEN", bao.root_token)
+    return "vault:transit/k8s:", ["--vault-address", bao.address, "--vault-transit-key", "k8s"]
