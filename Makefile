@@ -42,10 +42,11 @@ run: build ## Serve on the embedded local key (socket and key under .run/)
 		--key-file $(abspath $(RUN_DIR))/local.key
 
 .PHONY: e2e-deps
-e2e-deps: ## Install etcd, SoftHSM; build kube-apiserver, helm, local-kms (cached by version)
+e2e-deps: ## Check Go, install SoftHSM; build etcd, kube-apiserver, helm, local-kms (cached by version)
 	tests/e2e/install-deps.sh
 	bash tests/hsm/install-deps.sh
 	bash tests/aws/build-local-kms.sh
+	tests/e2e/build-etcd.sh
 	tests/e2e/build-apiserver.sh
 	tests/e2e/build-helm.sh
 

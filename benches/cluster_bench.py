@@ -56,7 +56,7 @@ from kmsplug.endpoint import Endpoint  # noqa: E402
 from aws.emulator import CREDENTIALS, REGION, LocalKms  # noqa: E402
 from aws.latency_proxy import LatencyProxy  # noqa: E402
 from aws.peer import PeerPlugin  # noqa: E402
-from bed import ClusterBed, apiserver_binary  # noqa: E402
+from bed import ClusterBed, apiserver_binary, etcd_binary  # noqa: E402
 from plugin_process import PluginProcess  # noqa: E402
 
 STATIC_CASES = ("identity", "aesgcm")
@@ -294,7 +294,9 @@ def machine() -> dict[str, Any]:
     apiserver = subprocess.run(
         [str(apiserver_binary()), "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    etcd = subprocess.run(["etcd", "--version"], capture_output=True, text=True, check=False)
+    etcd = subprocess.run(
+        [str(etcd_binary()), "--version"], capture_output=True, text=True, check=False
+    )
     return {
         "cpus": os.cpu_count(),
         "cpu": cpu,

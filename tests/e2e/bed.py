@@ -1,8 +1,9 @@
 """A real kube-apiserver and a real etcd on loopback, for end-to-end tests of kmsplug.
 
-`ClusterBed(workdir).start(encryption_config)` brings up etcd (Debian's etcd-server) and
-the pinned kube-apiserver (built by build-apiserver.sh into a cache outside the tree),
-writes a kubeconfig, and waits for /readyz. Processes are ended by their own PIDs.
+`ClusterBed(workdir).start(encryption_config)` brings up the pinned etcd (v3.6, built by
+build-etcd.sh) and the pinned kube-apiserver (built by build-apiserver.sh), both from Go
+modules into a cache outside the tree, writes a kubeconfig, and waits for /readyz.
+Processes are ended by their own PIDs.
 
 Developers: `make cluster` (with `make run` serving in another terminal) or
 `python tests/e2e/bed.py ENCRYPTION_CONFIG` brings a bed up and waits; the apiserver is
@@ -41,6 +42,21 @@ def apiserver_binary() -> Path:
         [str(HERE / "build-apiserver.sh")], capture_output=True, text=True, check=True
     )
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def etcd_binary() -> Path:
+    """The cached etcd (pinned in etcd/go.mod), built on first use."""
+    script = HERE / "build-etcd.sh"
+    out = subprocess.run([str(script)], capture_output=True, text=True, check=False)
+    lines = out.stdout.strip().splitlines()
+    binary = Path(lines[-1]) if out.returncode == 0 and lines else None
+    if binary is None or not os.access(binary, os.X_OK):
+        raise RuntimeError(
+            f"etcd not available: {script} (exit {out.returncode}) builds it from Go modules"
+            " into $KMSPLUG_CACHE or ~/.cache/kmsplug; run it by hand to see why it failed:\n"
+            + out.stderr
+        )
+    return binary
 
 
 def _tail(path: Path, lines: int = 50) -> str:
@@ -120,9 +136,7 @@ class ClusterBed:
         return self
 
     def _start_etcd(self) -> None:
-        etcd = shutil.which("etcd")
-        if etcd is None:
-            raise RuntimeError("etcd not found: run tests/e2e/install-deps.sh (Debian etcd-server)")
+        etcd = str(etcd_binary())
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
         log = (self.workdir / "etcd.log").open("ab")
         self.etcd = subprocess.Popen(

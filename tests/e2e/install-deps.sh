@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Install what the end-to-end tests need on a fresh Debian machine: etcd (Debian's
-# etcd-server; no service is started, the tests run their own).
+# Check what the end-to-end tests need that cannot be built here: a Go toolchain new
+# enough for the pinned modules (GOTOOLCHAIN=local: no toolchain download). etcd and
+# kube-apiserver are no longer installed from Debian: build-etcd.sh and
+# build-apiserver.sh build the pinned versions from Go modules into ~/.cache/kmsplug.
 set -euo pipefail
-need=()
-command -v etcd >/dev/null || need+=(etcd-server etcd-client)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+here=$(cd "$(dirname "$0")" && pwd)
+if ! command -v go >/dev/null; then
+  echo "install-deps: no 'go' on PATH; install Go (see tests/e2e/etcd/go.mod for the minimum)" >&2
+  exit 1
 fi
-etcd --version | sed -n 1p   # sed reads everything: head would SIGPIPE etcd under pipefail
+need=$(awk '$1 == "go" {print $2}' "$here/apiserver/go.mod" "$here/etcd/go.mod" | sort -V | tail -n 1)
+have=$(GOTOOLCHAIN=local go env GOVERSION)
+have=${have#go}
+if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | sed -n 1p)" != "$need" ]; then
+  echo "install-deps: go $have is older than go $need, which the pinned modules need" >&2
+  exit 1
+fi
+echo "go $have (>= $need)"

@@ -40,9 +40,11 @@ def test_small_cluster_benchmark(tmp_path: Path) -> None:
         assert row["cache_init_s"] is not None and row["unpaged_list_ms"] is not None
         assert all(row[p]["errors"] == {} for p in ("create1", "create", "update", "get"))
         assert row["create"]["requests"] == 100 and row["create"]["p99_ms"] > 0
-    # the peer: one KMS Encrypt per v1 write, one Decrypt per Secret after the restart
+    # the peer: one KMS Encrypt per v1 write, one Decrypt per Secret after the restart:
+    # the watch cache's fill (etcd 3.6 lets the apiserver serve the LISTs from that cache;
+    # with etcd from before watch progress requests, every LIST decrypted again: ~600)
     assert cases["peer-v1"]["remote_calls_per_10k_writes"] == 10_000
-    assert cases["peer-v1"]["remote_calls"]["cold_start"] >= 300
+    assert 300 <= cases["peer-v1"]["remote_calls"]["cold_start"] < 400
     # kmsplug: the local key hierarchy, no KMS call for writes or the cold start
     assert cases["kmsplug-v1"]["remote_calls_per_10k_writes"] == 0
     assert cases["kmsplug-v1"]["remote_calls"]["cold_start"] == 0
