@@ -179,7 +179,11 @@ def targets(
                     )
         ours, peer = cases.get(("kmsplug-v1", delay), {}), cases.get(("peer-v1", delay), {})
         if ours and peer:
-            for figure, what in (("cold_list_s", "LIST"), ("cache_init_s", "watch cache fill")):
+            for figure, what in (
+                ("cold_list_s", "LIST"),
+                ("cache_init_s", "watch cache fill"),
+                ("restart_to_list_s", "restart then LIST"),
+            ):
                 a, b = peer.get(figure), ours.get(figure)
                 if a and b:
                     out.append(
