@@ -4,7 +4,9 @@
   schema and admission validation, nothing persisted);
 - each EncryptionConfiguration example: loaded by a real kube-apiserver (its endpoint
   pointed at a test socket) that then stores a Secret through kmsplug;
-- the systemd unit: `systemd-analyze verify`.
+- the systemd unit: `systemd-analyze verify`;
+- the Helm chart: `helm lint`, rendered for Alibaba and for Vault (its settings must be
+  flags `kmsplug serve` accepts), each DaemonSet dry-run created on the real apiserver.
 The Dockerfile cannot be built here (no container engine): it is not validated.
 """
 
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -126,9 +129,65 @@ def test_helm_chart_lints_renders_and_validates(
     (daemonset,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "DaemonSet"]
     args = daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--key-id=alias/k8s" in args and "--provider=alibaba" in args
+    vault = render_vault(chart, short_tmp)
     bed = bed_factory(pointed_at("encryption-config-v2.yaml", plugin, short_tmp / "enc.yaml"))
     from kubernetes import client
 
     apps = client.AppsV1Api(bed.core().api_client)
-    created = apps.create_namespaced_daemon_set("kube-system", daemonset, dry_run="All")
-    assert created.metadata.name == "kmsplug"
+    for manifest in (daemonset, vault):
+        created = apps.create_namespaced_daemon_set("kube-system", manifest, dry_run="All")
+        assert created.metadata.name == "kmsplug"
+
+
+def render_vault(chart: Path, tmp: Path) -> dict[str, Any]:
+    """The chart for Vault: settings become flags `kmsplug serve` accepts, the token file
+    comes from a mounted Secret, extra volumes are mounted."""
+    from kmsplug.cli import serve
+
+    values = tmp / "vault-values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "provider": "vault",
+                "settings": {
+                    "vault-address": "https://vault.example.com:8200",
+                    "vault-transit-key": "k8s",
+                    "vault-token-file": "/etc/kmsplug/secrets/token",
+                    "remote-deadline": 2,
+                },
+                "secretFiles": "kmsplug-vault",
+                "secretEnv": "kmsplug-env",
+                "extraVolumes": [{"name": "ca", "hostPath": {"path": "/etc/vault-ca"}}],
+                "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/vault-ca"}],
+            }
+        )
+    )
+    rendered = subprocess.run(
+        [
+            helm(),
+            "template",
+            "kmsplug",
+            str(chart),
+            "--namespace",
+            "kube-system",
+            "-f",
+            str(values),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    (daemonset,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "DaemonSet"]
+    pod = daemonset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    assert "--vault-address=https://vault.example.com:8200" in args
+    assert "--remote-deadline=2" in args
+    with serve.make_context("kmsplug serve", list(args[1:])) as ctx:  # every flag is real
+        assert ctx.params["vault_transit_key"] == "k8s" and ctx.params["remote_deadline"] == 2
+    assert {"secretRef": {"name": "kmsplug-env"}} in container["envFrom"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["secret-files"] == "/etc/kmsplug/secrets" and mounts["ca"] == "/etc/vault-ca"
+    (secret_volume,) = [v for v in pod["volumes"] if v["name"] == "secret-files"]
+    assert secret_volume["secret"]["secretName"] == "kmsplug-vault"
+    return daemonset
