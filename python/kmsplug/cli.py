@@ -558,7 +558,13 @@ def verify(
     try:
         report = verify_etcd(reader, prefix=prefix, resources=resources, expect=expect)
     except OSError as exc:
-        click.echo(f"kmsplug: cannot read etcd at {etcd_url}: {exc}", err=True)
+        hint = ""
+        if getattr(exc, "code", None) == 503:
+            hint = (
+                " (etcd's JSON gateway could not reach etcd's gRPC port; with client "
+                "certificates required, etcd's server certificate must also allow client auth)"
+            )
+        click.echo(f"kmsplug: cannot read etcd at {etcd_url}: {exc}{hint}", err=True)
         sys.exit(2)
     if as_json:
         document = {

@@ -31,9 +31,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1] / "python"), str(HERE.parent)]
 
+from pki import EtcdPki, make_etcd_pki  # noqa: E402
 from ports import free_port  # noqa: E402
 
-from kmsplug.cluster.etcd import EtcdReader  # noqa: E402
+from kmsplug.cluster.etcd import EtcdReader, EtcdTls  # noqa: E402
 
 
 def apiserver_binary() -> Path:
@@ -99,10 +100,21 @@ class ClusterBed:
     encryption_config: Path | None = None
     feature_gates: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()
+    etcd_pki: EtcdPki | None = None
+    """Set by start(etcd_tls=True): etcd serves TLS and wants client certificates."""
 
     @property
     def etcd_url(self) -> str:
-        return f"http://127.0.0.1:{self.etcd_port}"
+        scheme = "https" if self.etcd_pki else "http"
+        return f"{scheme}://127.0.0.1:{self.etcd_port}"
+
+    @property
+    def etcd_tls(self) -> EtcdTls | None:
+        """CA, client certificate and key for etcd (None when it speaks plain HTTP)."""
+        pki = self.etcd_pki
+        if pki is None:
+            return None
+        return EtcdTls(str(pki.ca), str(pki.client_cert), str(pki.client_key))
 
     @property
     def server_url(self) -> str:
@@ -120,9 +132,12 @@ class ClusterBed:
         *,
         feature_gates: tuple[str, ...] = (),
         extra_args: tuple[str, ...] = (),
+        etcd_tls: bool = False,
         timeout: float = 120.0,
     ) -> ClusterBed:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if etcd_tls:
+            self.etcd_pki = make_etcd_pki(self.workdir / "etcd-pki")
         self.encryption_config = encryption_config
         self.feature_gates = feature_gates
         self.extra_args = extra_args
@@ -150,6 +165,7 @@ class ClusterBed:
                 f"--initial-advertise-peer-urls={peer}",
                 f"--initial-cluster=bed={peer}",
                 "--log-level=warn",
+                *self._etcd_tls_flags(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -158,7 +174,9 @@ class ClusterBed:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=1) as response:  # noqa: S310
+                with urllib.request.urlopen(  # noqa: S310 - loopback test etcd
+                    f"{self.etcd_url}/health", timeout=1, context=self._etcd_ssl_context()
+                ) as response:
                     if json.load(response).get("health") in ("true", True):
                         return
             except (OSError, ValueError):
@@ -167,6 +185,25 @@ class ClusterBed:
                 break
             time.sleep(0.1)
         raise RuntimeError(f"etcd did not start:\n{_tail(self.workdir / 'etcd.log')}")
+
+    def _etcd_tls_flags(self) -> list[str]:
+        pki = self.etcd_pki
+        if pki is None:
+            return []
+        return [
+            f"--cert-file={pki.server_cert}",
+            f"--key-file={pki.server_key}",
+            f"--trusted-ca-file={pki.ca}",
+            "--client-cert-auth",
+        ]
+
+    def _etcd_ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.etcd_tls
+        if tls is None:
+            return None
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        context.load_cert_chain(str(tls.cert_file), tls.key_file)
+        return context
 
     def _write_credentials(self) -> None:
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
@@ -200,6 +237,15 @@ class ClusterBed:
         args = [
             str(apiserver_binary()),
             f"--etcd-servers={self.etcd_url}",
+            *(
+                [
+                    f"--etcd-cafile={self.etcd_pki.ca}",
+                    f"--etcd-certfile={self.etcd_pki.client_cert}",
+                    f"--etcd-keyfile={self.etcd_pki.client_key}",
+                ]
+                if self.etcd_pki
+                else []
+            ),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             "--endpoint-reconciler-type=none",  # loopback addresses are refused otherwise
@@ -279,7 +325,7 @@ class ClusterBed:
         return client.CoreV1Api(config.new_client_from_config(config_file=str(self.kubeconfig)))
 
     def etcd_reader(self) -> EtcdReader:
-        return EtcdReader(self.etcd_url)
+        return EtcdReader(self.etcd_url, tls=self.etcd_tls)
 
     def raw(self, key: str) -> bytes:
         value = self.etcd_reader().get(key.encode())

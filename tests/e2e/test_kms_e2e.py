@@ -167,6 +167,26 @@ def test_enabling_encryption_on_an_existing_cluster(
     read_back(bed, made)
 
 
+def test_verify_reads_an_etcd_that_wants_client_certificates(
+    plugin: PluginProcess, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    """etcd as kubeadm runs it (TLS, client certificates required): the apiserver and
+    `kmsplug verify` both present one; without it verify fails with a clear message."""
+    bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint), etcd_tls=True)
+    assert bed.etcd_url.startswith("https://") and bed.etcd_pki is not None
+    made = make_secrets(bed, 5)
+    assert_stored(bed, made, b"k8s:enc:kms:v2:kmsplug:")
+    pki = bed.etcd_pki
+    certs = ("--cacert", str(pki.ca), "--cert", str(pki.client_cert), "--key", str(pki.client_key))
+    report = kmsplug_cli("verify", "--etcd", bed.etcd_url, *certs, "--json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert json.loads(report.stdout)["total"] >= len(made)
+    for partial in (("--cacert", str(pki.ca)), ()):  # no client cert; not even our CA
+        refused = kmsplug_cli("verify", "--etcd", bed.etcd_url, *partial)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "cannot read etcd" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_plugin_down_fails_kms_health_and_recovers(
     plugin_factory: PluginFactory, bed_factory: Callable[..., ClusterBed], short_tmp: Path
 ) -> None:

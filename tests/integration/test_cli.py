@@ -98,3 +98,32 @@ def test_serve_refuses_a_world_readable_key_file(short_tmp: Path) -> None:
     assert result.returncode == 1
     assert str(key) in result.stderr
     assert "kkkk" not in result.stderr + result.stdout
+
+
+def test_verify_explains_an_etcd_gateway_that_cannot_reach_etcd() -> None:
+    """A gateway answering 503 (e.g. etcd's server certificate lacks client auth while
+    client certificates are required) is a usage-level error with a hint, not a trace."""
+    import http.server
+    import threading
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = run("verify", "--etcd", f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2
+    assert "503" in result.stderr and "server certificate must also allow client auth" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
