@@ -106,8 +106,10 @@ def alibaba_provider(
 def print_ready(settings: ServerSettings, provider_name: str, service: KeyService) -> None:
     """Tell the person who started us where we listen and how to point an apiserver here."""
     document = encryption_configuration(settings.endpoint, name=provider_name)
-    out = sys.stdout
-    out.write(f"kmsplug is serving on {settings.endpoint} (key_id {service.envelope.key_id})\n")
-    out.write("EncryptionConfiguration for kube-apiserver (--encryption-provider-config):\n")
-    out.write("---\n" + to_yaml(document))
-    out.flush()
+    # One write: whoever watches the output for "serving on" sees the whole block.
+    sys.stdout.write(
+        f"kmsplug is serving on {settings.endpoint} (key_id {service.envelope.key_id})\n"
+        "EncryptionConfiguration for kube-apiserver (--encryption-provider-config):\n"
+        "---\n" + to_yaml(document)
+    )
+    sys.stdout.flush()
