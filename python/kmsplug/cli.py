@@ -71,14 +71,37 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         for flag in getattr(option, "opts", []):
             if flag.startswith("--"):
                 by_flag[flag[2:].replace("-", "_")] = option.name or ""
+    options = {option.name: option for option in ctx.command.params}
     defaults: dict[str, object] = {}
     for key, setting in data.items():
         name = by_flag.get(str(key).replace("-", "_"))
         if not name or name == param.name:
             raise click.BadParameter(f"{value}: unknown setting {key!r}", ctx, param)
+        problem = _yaml_value_problem(options[name], setting)
+        if problem:
+            raise click.BadParameter(f"{value}: {key}: {problem}", ctx, param)
         defaults[name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["kmsplug.config_file"] = value
+
+
+def _yaml_value_problem(option: click.Parameter, setting: object) -> str:
+    """Why a YAML value cannot stand for this option ('' if it can).
+
+    YAML turns unquoted text into other types (`0102` is the octal number 66, `no` is
+    false), so text settings must be YAML strings; lists only where a flag repeats.
+    """
+    values = setting if isinstance(setting, list) else [setting]
+    if isinstance(setting, list) and not option.multiple:
+        return "takes one value, not a list"
+    for item in values:
+        if isinstance(item, dict | list) or item is None:
+            return "expected a single value"
+        numeric = isinstance(option.type, click.types.IntParamType | click.types.FloatParamType)
+        boolean = isinstance(option.type, click.types.BoolParamType)
+        if not isinstance(item, str) and not numeric and not boolean:
+            return f"write it in quotes (YAML read {item!r} as a {type(item).__name__})"
+    return ""
 
 
 config_file_option = option(
@@ -249,19 +272,19 @@ def main() -> None:
     "remote_key",
     default="",
     envvar="KMSPLUG_KEY_ID",
-    help="The remote KEK: an Alibaba CMK id or alias (ack-kms-plugin's --key-id).",
+    help="alibaba: the CMK id or alias (ack-kms-plugin's --key-id).",
 )
 @option(
     "--region",
     default="",
     envvar=["KMSPLUG_REGION", "ACK_KMS_REGION_ID"],
-    help="Cloud region of the KMS.",
+    help="alibaba: region of the KMS (AWS: --aws-region).",
 )
 @option(
     "--kms-endpoint",
     default="kms-vpc.%s.aliyuncs.com",
     envvar=["KMSPLUG_KMS_ENDPOINT", "ACK_KMS_DOMAIN"],
-    help="KMS host[:port]; %s becomes the region. Public: kms.%s.aliyuncs.com; "
+    help="alibaba: KMS host[:port]; %s becomes the region. Public: kms.%s.aliyuncs.com; "
     "a KMS instance: <instance>.cryptoservice.kms.aliyuncs.com.",
 )
 @option(
@@ -339,6 +362,12 @@ def serve(
 ) -> None:
     """Serve the plugin (default: the embedded local key, no flags needed)."""
     import os
+
+    from kmsplug.provider_options import PROVIDER_SETTING_NAMES
+
+    unexpected = set(provider_settings) - PROVIDER_SETTING_NAMES
+    if unexpected:  # an option was added without a parameter of its own
+        raise RuntimeError(f"serve does not handle the options {sorted(unexpected)}")
 
     from kmsplug import log
     from kmsplug.app import build_service, make_provider, print_ready
@@ -561,8 +590,8 @@ def verify(
         hint = ""
         if getattr(exc, "code", None) == 503:
             hint = (
-                " (etcd's JSON gateway could not reach etcd's gRPC port; with client "
-                "certificates required, etcd's server certificate must also allow client auth)"
+                " (etcd's JSON gateway could not reach etcd: e.g. no leader, or client "
+                "certificates required and etcd's server certificate does not allow client auth)"
             )
         click.echo(f"kmsplug: cannot read etcd at {etcd_url}: {exc}{hint}", err=True)
         sys.exit(2)

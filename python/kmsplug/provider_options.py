@@ -205,13 +205,17 @@ def remote_kms_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def provider_environment(
     values: Mapping[str, object], environ: Mapping[str, str]
 ) -> dict[str, str]:
-    """`environ` with every provider setting that has a value written under its
-    KMSPLUG_* name (the name the provider modules read first)."""
+    """`environ` with every provider setting that was given (flag, environment or config
+    file; click already chose which wins) written under its KMSPLUG_* name, and its
+    other names removed, so that a value given empty on the command line stays empty."""
     env = dict(environ)
     for setting in PROVIDER_SETTINGS:
         value = values.get(setting.name)
-        if value is not None and value != "":
-            env[setting.variable] = str(value)
+        if value is None:
+            continue
+        for alias in setting.aliases:
+            env.pop(alias, None)
+        env[setting.variable] = str(value)
     return env
 
 

@@ -123,7 +123,7 @@ def test_verify_explains_an_etcd_gateway_that_cannot_reach_etcd() -> None:
         server.shutdown()
         server.server_close()
     assert result.returncode == 2
-    assert "503" in result.stderr and "server certificate must also allow client auth" in (
+    assert "503" in result.stderr and "server certificate does not allow client auth" in (
         result.stderr
     )
     assert "Traceback" not in result.stderr

@@ -107,7 +107,7 @@ def classify_error(exc: BaseException, settings: AwsSettings, operation: str) ->
                 f"instance/pod role {where}"
             )
         if "NoRegionError" in names:
-            return ProviderRefused(f"no AWS region: set AWS_REGION {where}")
+            return ProviderRefused(f"no AWS region: set --aws-region (AWS_REGION) {where}")
         return ProviderTransient(f"AWS KMS {operation} failed: {type(exc).__name__} {where}")
     if code in _THROTTLED or status == 429:
         return ProviderThrottled(f"AWS KMS quota exceeded on {operation} {where}")
@@ -307,7 +307,9 @@ def aws_settings_from_env(env: Mapping[str, str]) -> AwsSettings:
     """Settings from the environment (names in the module docstring)."""
     key = _env(env, "KMSPLUG_AWS_KEY")
     if not key:
-        raise ConfigError("aws: set KMSPLUG_AWS_KEY to the key id, key ARN or alias/<name>")
+        raise ConfigError(
+            "aws: set --aws-key (KMSPLUG_AWS_KEY) to the key id, key ARN or alias/<name>"
+        )
     timeout_text = _env(env, "KMSPLUG_AWS_TIMEOUT", default="2")
     try:
         timeout = float(timeout_text)
@@ -350,7 +352,7 @@ def make_client(settings: AwsSettings, env: Mapping[str, str], *, pool_size: int
         return session.client("kms", endpoint_url=settings.endpoint_url or None, config=config)
     except Exception as exc:
         if type(exc).__name__ == "NoRegionError":
-            raise ConfigError("aws: set AWS_REGION (or KMSPLUG_AWS_REGION)") from None
+            raise ConfigError("aws: set --aws-region (AWS_REGION)") from None
         if type(exc).__name__ == "ProfileNotFound":
             raise ConfigError("aws: the AWS_PROFILE named is not in the AWS config") from None
         raise ConfigError(f"aws: cannot create the KMS client: {type(exc).__name__}") from None

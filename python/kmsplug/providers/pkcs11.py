@@ -115,9 +115,9 @@ class Pkcs11Settings:
 
     def validate(self) -> None:
         if not self.token_label:
-            raise ConfigError("pkcs11: the token label is required (KMSPLUG_PKCS11_TOKEN)")
+            raise ConfigError("pkcs11: the token label is required (--pkcs11-token)")
         if not self.key_label:
-            raise ConfigError("pkcs11: the key label is required (KMSPLUG_PKCS11_KEY_LABEL)")
+            raise ConfigError("pkcs11: the key label is required (--pkcs11-key-label)")
         if not self.library:
             raise ConfigError("pkcs11: the PKCS#11 library path is required")
         if self.mechanism not in MECHANISMS:
@@ -126,7 +126,7 @@ class Pkcs11Settings:
             )
         if not self.pin_file and not self.pin_env:
             raise ConfigError(
-                "pkcs11: a user PIN is required (KMSPLUG_PKCS11_PIN_FILE or KMSPLUG_PKCS11_PIN)"
+                "pkcs11: a user PIN is required (--pkcs11-pin-file, or KMSPLUG_PKCS11_PIN)"
             )
         if not 1 <= self.max_sessions <= 64:
             raise ConfigError("pkcs11: sessions must be between 1 and 64")
@@ -236,7 +236,7 @@ def choose_writer(keys: list[KeyInfo], settings: Pkcs11Settings) -> KeyInfo:
     if len(writers) > 1:
         raise ProviderRefused(
             f"{len(keys)} AES keys {where} and no single one has the highest CKA_ID: give "
-            "the newest key the highest CKA_ID, or set KMSPLUG_PKCS11_KEY_ID to the write key's"
+            "the newest key the highest CKA_ID, or set --pkcs11-key-id to the write key's"
         )
     return next(iter(writers.values()))
 
@@ -338,7 +338,7 @@ def _load_library(path: str) -> Any:
         except Exception as exc:
             raise ProviderRefused(
                 f"cannot load the PKCS#11 library {path}: {_name(exc)} "
-                "(install it, e.g. apt-get install softhsm2, or set KMSPLUG_PKCS11_LIBRARY)"
+                "(install it, e.g. apt-get install softhsm2, or set --pkcs11-library)"
             ) from None
 
 
@@ -774,11 +774,7 @@ class Pkcs11Kek(RemoteKek):
         if not await self._run("preflight", supported):
             raise ProviderRefused(
                 f"token {settings.token_label!r} does not offer {mechanism}"
-                + (
-                    ": set KMSPLUG_PKCS11_MECHANISM=aes-key-wrap"
-                    if mechanism.endswith("GCM")
-                    else ""
-                )
+                + (": set --pkcs11-mechanism aes-key-wrap" if mechanism.endswith("GCM") else "")
             )
         await self.health()
         others = len(self._keys) - 1

@@ -298,7 +298,7 @@ class VaultKek(RemoteKek):
         except httpx.TransportError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise ProviderRefused(
-                    f"Vault's TLS certificate is not trusted: set VAULT_CACERT to the CA "
+                    f"Vault's TLS certificate is not trusted: set --vault-ca-cert to the CA "
                     f"bundle that signed it {self._where()}"
                 ) from None
             raise ProviderTransient(
@@ -666,10 +666,10 @@ def vault_settings_from_env(env: Mapping[str, str]) -> VaultSettings:
     """Settings from the environment (names in the module docstring)."""
     address = _env(env, "KMSPLUG_VAULT_ADDR", "VAULT_ADDR")
     if not address:
-        raise ConfigError("vault: set VAULT_ADDR (or KMSPLUG_VAULT_ADDR) to the server URL")
+        raise ConfigError("vault: set --vault-address (VAULT_ADDR) to the server URL")
     key = _env(env, "KMSPLUG_VAULT_TRANSIT_KEY")
     if not key:
-        raise ConfigError("vault: set KMSPLUG_VAULT_TRANSIT_KEY to the Transit key name")
+        raise ConfigError("vault: set --vault-transit-key to the Transit key name")
     timeout_text = _env(env, "KMSPLUG_VAULT_TIMEOUT", default="2")
     try:
         timeout = float(timeout_text)
