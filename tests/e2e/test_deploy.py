@@ -154,6 +154,8 @@ def render_vault(chart: Path, tmp: Path) -> dict[str, Any]:
                     "vault-transit-key": "k8s",
                     "vault-token-file": "/etc/kmsplug/secrets/token",
                     "remote-deadline": 2,
+                    "kek-max-seals": 16777216,  # YAML gives Helm a float: must stay an int
+                    "decrypt-provider": ["aws", "pkcs11"],
                 },
                 "secretFiles": "kmsplug-vault",
                 "secretEnv": "kmsplug-env",
@@ -185,6 +187,14 @@ def render_vault(chart: Path, tmp: Path) -> dict[str, Any]:
     assert "--remote-deadline=2" in args
     with serve.make_context("kmsplug serve", list(args[1:])) as ctx:  # every flag is real
         assert ctx.params["vault_transit_key"] == "k8s" and ctx.params["remote_deadline"] == 2
+        assert ctx.params["kek_max_seals"] == 16777216
+        assert ctx.params["decrypt_providers"] == ("aws", "pkcs11")
+    on_off = subprocess.run(
+        [helm(), "template", "kmsplug", str(chart), "--set", "settings.enable-v1=false"],
+        capture_output=True,
+        text=True,
+    )
+    assert on_off.returncode != 0 and "on/off flags go in extraArgs" in on_off.stderr
     assert {"secretRef": {"name": "kmsplug-env"}} in container["envFrom"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["secret-files"] == "/etc/kmsplug/secrets" and mounts["ca"] == "/etc/vault-ca"
