@@ -12,6 +12,7 @@ ready only once the KMS plugin in the config answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -45,6 +46,7 @@ def apiserver_binary() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
+@functools.cache
 def etcd_binary() -> Path:
     """The cached etcd (pinned in etcd/go.mod), built on first use."""
     script = HERE / "build-etcd.sh"
@@ -353,8 +355,10 @@ def main() -> None:
     print(f"kube-apiserver ready at {bed.server_url}; etcd at {bed.etcd_url}")
     print(f"export KUBECONFIG={bed.kubeconfig}")
     print("Ctrl-C stops both.")
+    stop = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # delivered to sigwait, not fatal
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop)
     finally:
         bed.stop()
         shutil.rmtree(workdir, ignore_errors=True)
