@@ -111,22 +111,9 @@ def test_helm_chart_lints_renders_and_validates(
         text=True,
     )
     assert refused.returncode != 0 and "alibaba.keyId is required" in refused.stderr
-    rendered = subprocess.run(
-        [
-            helm(),
-            "template",
-            "kmsplug",
-            str(chart),
-            "--namespace",
-            "kube-system",
-            "--set",
-            "provider=alibaba,alibaba.keyId=alias/k8s,alibaba.region=cn-hangzhou",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    (daemonset,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "DaemonSet"]
+    daemonset = render_daemonset(
+        chart, "--set", "provider=alibaba,alibaba.keyId=alias/k8s,alibaba.region=cn-hangzhou"
+    )
     args = daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--key-id=alias/k8s" in args and "--provider=alibaba" in args
     vault = render_vault(chart, short_tmp)
@@ -137,6 +124,17 @@ def test_helm_chart_lints_renders_and_validates(
     for manifest in (daemonset, vault):
         created = apps.create_namespaced_daemon_set("kube-system", manifest, dry_run="All")
         assert created.metadata.name == "kmsplug"
+
+
+def render_daemonset(chart: Path, *values: str) -> dict[str, Any]:
+    """The chart's DaemonSet, rendered into kube-system with the given value arguments."""
+    command = [helm(), "template", "kmsplug", str(chart), "--namespace", "kube-system"]
+    rendered = subprocess.run(
+        [*command, *values], capture_output=True, text=True, check=True
+    ).stdout
+    (daemonset,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "DaemonSet"]
+    manifest: dict[str, Any] = daemonset
+    return manifest
 
 
 def render_vault(chart: Path, tmp: Path) -> dict[str, Any]:
@@ -164,22 +162,7 @@ def render_vault(chart: Path, tmp: Path) -> dict[str, Any]:
             }
         )
     )
-    rendered = subprocess.run(
-        [
-            helm(),
-            "template",
-            "kmsplug",
-            str(chart),
-            "--namespace",
-            "kube-system",
-            "-f",
-            str(values),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    (daemonset,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "DaemonSet"]
+    daemonset = render_daemonset(chart, "-f", str(values))
     pod = daemonset["spec"]["template"]["spec"]
     container = pod["containers"][0]
     args = container["args"]
