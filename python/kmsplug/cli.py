@@ -548,7 +548,8 @@ def config(
     "resources",
     multiple=True,
     default=("secrets",),
-    help="Resources to check, as stored: secrets, configmaps, apps/deployments (repeatable).",
+    help="Resources to check, named as in an EncryptionConfiguration: secrets, configmaps, "
+    "deployments.apps, widgets.example.com (repeatable).",
 )
 @option(
     "--expect",
@@ -600,6 +601,7 @@ def verify(
             "ok": report.ok,
             "total": report.total,
             "stored": report.rows(),
+            "empty": report.empty,
             "unexpected": [
                 {"key": k, "kind": s.kind, "provider": s.provider, "key_id": s.key_id}
                 for k, s in report.unexpected

@@ -187,6 +187,88 @@ def test_verify_reads_an_etcd_that_wants_client_certificates(
         assert "cannot read etcd" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_verify_finds_each_resource_where_kube_apiserver_stores_it(
+    plugin: PluginProcess, bed_factory: Callable[..., ClusterBed], short_tmp: Path
+) -> None:
+    """ConfigMaps, Deployments (a built-in group: stored by plural alone) and a custom
+    resource (stored under its group), all encrypted; verify and migrate take the names
+    an EncryptionConfiguration uses, and a misspelt one is flagged, not passed."""
+    from kubernetes import client
+
+    resources = ("secrets", "configmaps", "deployments.apps", "widgets.example.com")
+    flags = [arg for name in resources for arg in ("--resource", name)]
+    bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint, *flags))
+    api = bed.core().api_client
+    client.ApiextensionsV1Api(api).create_custom_resource_definition(
+        {
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com",
+                "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+    )
+
+    def widget_created() -> bool:
+        try:
+            client.CustomObjectsApi(api).create_namespaced_custom_object(
+                "example.com", "v1", "default", "widgets",
+                {"apiVersion": "example.com/v1", "kind": "Widget",
+                 "metadata": {"name": "w1"}, "spec": {"colour": "secret-blue"}},
+            )  # fmt: skip
+        except client.ApiException as exc:
+            if exc.status == 404:  # the CRD is not served yet
+                return False
+            raise
+        return True
+
+    wait_for(widget_created, 60, "the Widget CRD to be served")
+    bed.core().create_namespaced_config_map(
+        "default", {"metadata": {"name": "cm1"}, "data": {"k": "confidential-value"}}
+    )
+    client.AppsV1Api(api).create_namespaced_deployment(
+        "default",
+        {
+            "metadata": {"name": "d1"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "d1"}},
+                "template": {
+                    "metadata": {"labels": {"app": "d1"}},
+                    "spec": {"containers": [{"name": "c", "image": "example.invalid/c"}]},
+                },
+            },
+        },
+    )
+    named = [arg for name in resources[1:] for arg in ("--resource", name)]
+    report = kmsplug_cli("verify", "--etcd", bed.etcd_url, *named, "--json")
+    assert report.returncode == 0, report.stdout + report.stderr
+    document = json.loads(report.stdout)
+    assert document["empty"] == []
+    seen = {(row["resource"], row["kind"]) for row in document["stored"]}
+    assert {(name, "kms-v2") for name in resources[1:]} <= seen, seen
+    older = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--resource", "apps/deployments")
+    assert older.returncode == 0, older.stdout
+    typo = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--resource", "secrets",
+                       "--resource", "deployment.apps")  # fmt: skip
+    assert "nothing stored for 'deployment.apps'" in typo.stdout
+    migrated = kmsplug_cli("migrate", "--kubeconfig", str(bed.kubeconfig), *named)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+
+
 def test_plugin_down_fails_kms_health_and_recovers(
     plugin_factory: PluginFactory, bed_factory: Callable[..., ClusterBed], short_tmp: Path
 ) -> None:

@@ -7,7 +7,7 @@ import pytest
 from kmsplug._proto.v2.encrypted_object_pb2 import EncryptedObject
 from kmsplug.cluster.etcd import prefix_end
 from kmsplug.cluster.storage import classify
-from kmsplug.cluster.verify import Expectation, resource_of, verify
+from kmsplug.cluster.verify import Expectation, resource_of, storage_path, verify
 
 
 def v2_value(name: str, key_id: str) -> bytes:
@@ -53,6 +53,32 @@ def test_verify_flags_plaintext_and_wrong_key() -> None:
 
 def test_resource_of_and_prefix_end() -> None:
     assert resource_of(b"/registry/secrets/ns/name", b"/registry") == "secrets"
-    assert resource_of(b"/registry/apps/deployments/ns/d", b"/registry") == "apps/deployments"
+    assert resource_of(b"/registry/example.com/widgets/ns/w", b"/registry") == "example.com/widgets"
     assert prefix_end(b"/registry/") == b"/registry0"
     assert prefix_end(b"a\xff") == b"b"
+
+
+@pytest.mark.parametrize(
+    ("resource", "path"),
+    [
+        ("secrets", "secrets"),
+        ("configmaps", "configmaps"),
+        ("deployments.apps", "deployments"),
+        ("apps/deployments", "deployments"),  # the older spelling
+        ("cronjobs.batch", "cronjobs"),
+        ("clusterroles.rbac.authorization.k8s.io", "clusterroles"),
+        ("services", "services/specs"),
+        ("endpoints", "services/endpoints"),
+        ("nodes", "minions"),
+        ("replicationcontrollers", "controllers"),
+        ("ingresses.networking.k8s.io", "ingress"),
+        (
+            "customresourcedefinitions.apiextensions.k8s.io",
+            "apiextensions.k8s.io/customresourcedefinitions",
+        ),
+        ("apiservices.apiregistration.k8s.io", "apiregistration.k8s.io/apiservices"),
+        ("widgets.example.com", "example.com/widgets"),
+    ],
+)
+def test_storage_path_is_where_kube_apiserver_keeps_the_resource(resource: str, path: str) -> None:
+    assert storage_path(resource) == path

@@ -30,6 +30,41 @@ class Expectation:
         )
 
 
+# kube-apiserver keeps a few resources under historical etcd paths
+# (pkg/kubeapiserver SpecialDefaultResourcePrefixes).
+_SPECIAL_PATHS = {
+    ("", "replicationcontrollers"): "controllers",
+    ("", "endpoints"): "services/endpoints",
+    ("", "nodes"): "minions",
+    ("", "services"): "services/specs",
+    ("extensions", "ingresses"): "ingress",
+    ("networking.k8s.io", "ingresses"): "ingress",
+}
+# Served by the API servers kube-apiserver embeds, which prefix their paths with the group.
+_GROUP_PATH_GROUPS = frozenset({"apiextensions.k8s.io", "apiregistration.k8s.io"})
+
+
+def storage_path(resource: str) -> str:
+    """Where kube-apiserver stores a resource, below its etcd prefix.
+
+    `resource` is named as in an EncryptionConfiguration: `secrets`, `deployments.apps`,
+    `widgets.example.com` (the older `apps/deployments` spelling is accepted too).
+    Built-in groups are stored by plural alone (`deployments`); custom resources, CRDs
+    and APIServices under `<group>/<plural>`.
+    """
+    if "/" in resource:
+        group, _, plural = resource.partition("/")
+    else:
+        plural, _, group = resource.partition(".")
+    special = _SPECIAL_PATHS.get((group, plural))
+    if special:
+        return special
+    built_in = "." not in group or group.endswith(".k8s.io")
+    if built_in and group not in _GROUP_PATH_GROUPS:
+        return plural
+    return f"{group}/{plural}"
+
+
 @dataclass
 class Report:
     counts: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
@@ -37,6 +72,14 @@ class Report:
     unexpected: list[tuple[str, Storage]] = field(default_factory=list)
     """Keys that do not meet the expectation (the first 1,000)."""
     total: int = 0
+    empty: list[str] = field(default_factory=list)
+    """Resources asked for with nothing stored under their path (none exist, or a typo)."""
+
+    def add(self, resource: str, key: bytes, storage: Storage, expect: Expectation) -> None:
+        self.total += 1
+        self.counts[(resource, storage.kind, storage.provider, storage.key_id)] += 1
+        if not expect.accepts(storage) and len(self.unexpected) < 1000:
+            self.unexpected.append((key.decode(errors="replace"), storage))
 
     @property
     def ok(self) -> bool:
@@ -66,7 +109,12 @@ class Report:
         verdict = "OK" if self.ok else f"FAIL: {len(self.unexpected)} unexpected value(s)"
         if self.total == 0:
             verdict = "FAIL: nothing found under the prefix"
-        return "\n".join([*lines, "", f"{self.total} value(s) checked: {verdict}"])
+        warnings = [
+            f"warning: nothing stored for {name!r} (no such objects, or not a resource name "
+            "as in an EncryptionConfiguration, e.g. secrets or deployments.apps)"
+            for name in self.empty
+        ]
+        return "\n".join([*lines, "", *warnings, f"{self.total} value(s) checked: {verdict}"])
 
 
 def resource_of(key: bytes, prefix: bytes) -> str:
@@ -93,22 +141,24 @@ def verify(
         resource = resource_of(key, prefix)
         if resources and resource not in resources:
             continue
-        storage = classify(value)
-        report.total += 1
-        report.counts[(resource, storage.kind, storage.provider, storage.key_id)] += 1
-        if not expect.accepts(storage) and len(report.unexpected) < 1000:
-            report.unexpected.append((key.decode(errors="replace"), storage))
+        report.add(resource, key, classify(value), expect)
     return report
 
 
 def verify_etcd(
     reader: EtcdReader, *, prefix: str, resources: Sequence[str], expect: Expectation
 ) -> Report:
+    """Check each resource's values (every value under `prefix` if none is named),
+    reading only the etcd paths the named resources are stored under."""
     base = prefix.rstrip("/").encode()
-    scans: Iterable[tuple[bytes, bytes]]
-    if resources and all("/" not in r for r in resources):
-        # Core-group resources live at <prefix>/<resource>/: scan only those.
-        scans = (kv for r in resources for kv in reader.scan(base + b"/" + r.encode() + b"/"))
-    else:
-        scans = reader.scan(base + b"/")
-    return verify(scans, prefix=base, resources=resources, expect=expect)
+    if not resources:
+        return verify(reader.scan(base + b"/"), prefix=base, resources=(), expect=expect)
+    report = Report()
+    for name in dict.fromkeys(resources):
+        path = base + b"/" + storage_path(name).encode() + b"/"
+        before = report.total
+        for key, value in reader.scan(path):
+            report.add(name, key, classify(value), expect)
+        if report.total == before:
+            report.empty.append(name)
+    return report
