@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -47,10 +47,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._bound: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def observe(self, api: str, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(api, method, code).inc()
-        self.latency.labels(api, method).observe(seconds)
+        bound = self._bound.get((api, method, code))
+        if bound is None:  # first call of its kind: bind the labels once
+            bound = self._bound[(api, method, code)] = (
+                self.requests.labels(api, method, code),
+                self.latency.labels(api, method),
+            )
+        requests, latency = bound
+        requests.inc()
+        latency.observe(seconds)
 
     def watch(self, service: KeyService) -> None:
         """Report the service's keyring, provider and health figures at scrape time."""
