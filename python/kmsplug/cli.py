@@ -18,7 +18,12 @@ import click
 from kmsplug import __version__
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError, KmsplugError
-from kmsplug.provider_options import remote_kms_options
+from kmsplug.provider_options import (
+    PROVIDER_SETTING_NAMES,
+    provider_environment,
+    remote_kms_options,
+    resilience_policy,
+)
 from kmsplug.workloads import WORKLOADS
 
 if TYPE_CHECKING:
@@ -66,21 +71,20 @@ def _load_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         data = {}
     if not isinstance(data, dict):
         raise click.BadParameter(f"{value} must hold a mapping of settings", ctx, param)
-    by_flag: dict[str, str] = {}
+    by_flag: dict[str, click.Parameter] = {}
     for option in ctx.command.params:
         for flag in getattr(option, "opts", []):
             if flag.startswith("--"):
-                by_flag[flag[2:].replace("-", "_")] = option.name or ""
-    options = {option.name: option for option in ctx.command.params}
+                by_flag[flag[2:].replace("-", "_")] = option
     defaults: dict[str, object] = {}
     for key, setting in data.items():
-        name = by_flag.get(str(key).replace("-", "_"))
-        if not name or name == param.name:
+        target = by_flag.get(str(key).replace("-", "_"))
+        if target is None or not target.name or target.name == param.name:
             raise click.BadParameter(f"{value}: unknown setting {key!r}", ctx, param)
-        problem = _yaml_value_problem(options[name], setting)
+        problem = _yaml_value_problem(target, setting)
         if problem:
             raise click.BadParameter(f"{value}: {key}: {problem}", ctx, param)
-        defaults[name] = setting
+        defaults[target.name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     ctx.meta["kmsplug.config_file"] = value
 
@@ -94,12 +98,14 @@ def _yaml_value_problem(option: click.Parameter, setting: object) -> str:
     values = setting if isinstance(setting, list) else [setting]
     if isinstance(setting, list) and not option.multiple:
         return "takes one value, not a list"
+    text_only = not isinstance(
+        option.type,
+        click.types.IntParamType | click.types.FloatParamType | click.types.BoolParamType,
+    )
     for item in values:
         if isinstance(item, dict | list) or item is None:
             return "expected a single value"
-        numeric = isinstance(option.type, click.types.IntParamType | click.types.FloatParamType)
-        boolean = isinstance(option.type, click.types.BoolParamType)
-        if not isinstance(item, str) and not numeric and not boolean:
+        if text_only and not isinstance(item, str):
             return f"write it in quotes (YAML read {item!r} as a {type(item).__name__})"
     return ""
 
@@ -363,8 +369,6 @@ def serve(
     """Serve the plugin (default: the embedded local key, no flags needed)."""
     import os
 
-    from kmsplug.provider_options import PROVIDER_SETTING_NAMES
-
     unexpected = set(provider_settings) - PROVIDER_SETTING_NAMES
     if unexpected:  # an option was added without a parameter of its own
         raise RuntimeError(f"serve does not handle the options {sorted(unexpected)}")
@@ -372,7 +376,6 @@ def serve(
     from kmsplug import log
     from kmsplug.app import build_service, make_provider, print_ready
     from kmsplug.envelope import RotationPolicy
-    from kmsplug.provider_options import provider_environment, resilience_policy
     from kmsplug.server import ServerSettings, serve
 
     del enable_kms_v1  # v1 is on by default; --disable-v1 turns it off
