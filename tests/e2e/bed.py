@@ -175,12 +175,9 @@ class ClusterBed:
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(  # noqa: S310 - loopback test etcd
-                    f"{self.etcd_url}/health", timeout=1, context=self._etcd_ssl_context()
-                ) as response:
-                    if json.load(response).get("health") in ("true", True):
-                        return
+            try:  # a read answers once etcd serves clients and has a leader
+                EtcdReader(self.etcd_url, tls=self.etcd_tls, timeout=1).get(b"/bed-start-probe")
+                return
             except (OSError, ValueError):
                 pass
             if self.etcd.poll() is not None:
@@ -199,13 +196,16 @@ class ClusterBed:
             "--client-cert-auth",
         ]
 
-    def _etcd_ssl_context(self) -> ssl.SSLContext | None:
-        tls = self.etcd_tls
-        if tls is None:
-            return None
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        context.load_cert_chain(str(tls.cert_file), tls.key_file)
-        return context
+    def _apiserver_etcd_flags(self) -> list[str]:
+        pki = self.etcd_pki
+        if pki is None:
+            return [f"--etcd-servers={self.etcd_url}"]
+        return [
+            f"--etcd-servers={self.etcd_url}",
+            f"--etcd-cafile={pki.ca}",
+            f"--etcd-certfile={pki.client_cert}",
+            f"--etcd-keyfile={pki.client_key}",
+        ]
 
     def _write_credentials(self) -> None:
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
@@ -238,16 +238,7 @@ class ClusterBed:
         assert self.encryption_config is not None
         args = [
             str(apiserver_binary()),
-            f"--etcd-servers={self.etcd_url}",
-            *(
-                [
-                    f"--etcd-cafile={self.etcd_pki.ca}",
-                    f"--etcd-certfile={self.etcd_pki.client_cert}",
-                    f"--etcd-keyfile={self.etcd_pki.client_key}",
-                ]
-                if self.etcd_pki
-                else []
-            ),
+            *self._apiserver_etcd_flags(),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             "--endpoint-reconciler-type=none",  # loopback addresses are refused otherwise
