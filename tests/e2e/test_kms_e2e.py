@@ -343,54 +343,47 @@ def test_migrating_from_alibaba_to_vault_on_a_live_cluster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two providers at once: Vault writes, Alibaba stays readable, migrate moves the rest."""
-    from vault.devserver import DevServer
+    from vault.devserver import transit_server
 
-    with FakeAlibabaKms() as fake:
-        (short_tmp / "bao").mkdir()
-        bao = DevServer(short_tmp / "bao").start()
-        try:
-            bao.enable_transit()
-            bao.create_key("k8s")
-            cmk = fake.create_key()
-            access = fake.add_access_key()
-            for name, value in {
-                "ACCESS_KEY_ID": access.access_key_id,
-                "ACCESS_KEY_SECRET": access.access_key_secret,
-                "VAULT_ADDR": bao.address,
-                "VAULT_TOKEN": bao.root_token,
-                "KMSPLUG_VAULT_TRANSIT_KEY": "k8s",
-            }.items():
-                monkeypatch.setenv(name, value)
-            alibaba = (
-                *("--key-id", cmk, "--region", fake.region),
-                *("--kms-endpoint", fake.host, "--kms-protocol", "http"),
-            )
-            plugin = plugin_factory("--provider", "alibaba", *alibaba)
-            bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
-            old = make_secrets(bed, 10, "old")
-            (old_key_id,) = assert_stored(bed, old, b"k8s:enc:kms:v2:kmsplug:")
-            assert old_key_id.startswith("alibaba:")
-            plugin.terminate()
-            plugin = plugin_factory(
-                "--provider", "vault", "--decrypt-provider", "alibaba", *alibaba,
-                key_file=plugin.key_file, endpoint=plugin.endpoint,
-            )  # fmt: skip
+    with FakeAlibabaKms() as fake, transit_server(short_tmp / "bao") as bao:
+        cmk = fake.create_key()
+        access = fake.add_access_key()
+        for name, value in {
+            "ACCESS_KEY_ID": access.access_key_id,
+            "ACCESS_KEY_SECRET": access.access_key_secret,
+            "VAULT_ADDR": bao.address,
+            "VAULT_TOKEN": bao.root_token,
+            "KMSPLUG_VAULT_TRANSIT_KEY": "k8s",
+        }.items():
+            monkeypatch.setenv(name, value)
+        alibaba = (
+            *("--key-id", cmk, "--region", fake.region),
+            *("--kms-endpoint", fake.host, "--kms-protocol", "http"),
+        )
+        plugin = plugin_factory("--provider", "alibaba", *alibaba)
+        bed = bed_factory(kms_config(short_tmp / "enc.yaml", plugin.endpoint))
+        old = make_secrets(bed, 10, "old")
+        (old_key_id,) = assert_stored(bed, old, b"k8s:enc:kms:v2:kmsplug:")
+        assert old_key_id.startswith("alibaba:")
+        plugin.terminate()
+        plugin = plugin_factory(
+            "--provider", "vault", "--decrypt-provider", "alibaba", *alibaba,
+            key_file=plugin.key_file, endpoint=plugin.endpoint,
+        )  # fmt: skip
 
-            def writes_use_vault() -> bool:
-                bed.get("/readyz/kms-providers")
-                probe = make_secrets(bed, 1, "probe")
-                return next(iter(assert_stored(bed, probe, b"k8s:enc:"))).startswith("vault:")
+        def writes_use_vault() -> bool:
+            bed.get("/readyz/kms-providers")
+            probe = make_secrets(bed, 1, "probe")
+            return next(iter(assert_stored(bed, probe, b"k8s:enc:"))).startswith("vault:")
 
-            wait_for(writes_use_vault, 150, "the apiserver to pick up the Vault key_id")
-            read_back(bed, old)  # still readable through the decrypt-only Alibaba provider
-            migrated = kmsplug_cli("migrate", "--kubeconfig", str(bed.kubeconfig))
-            assert migrated.returncode == 0, migrated.stderr
-            report = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--json")
-            key_ids = {row["key_id"] for row in json.loads(report.stdout)["stored"]}
-            assert len(key_ids) == 1 and next(iter(key_ids)).startswith("vault:transit/k8s:")
-            read_back(bed, old)
-        finally:
-            bao.stop()
+        wait_for(writes_use_vault, 150, "the apiserver to pick up the Vault key_id")
+        read_back(bed, old)  # still readable through the decrypt-only Alibaba provider
+        migrated = kmsplug_cli("migrate", "--kubeconfig", str(bed.kubeconfig))
+        assert migrated.returncode == 0, migrated.stderr
+        report = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--json")
+        key_ids = {row["key_id"] for row in json.loads(report.stdout)["stored"]}
+        assert len(key_ids) == 1 and next(iter(key_ids)).startswith("vault:transit/k8s:")
+        read_back(bed, old)
 
 
 @pytest.mark.parametrize("provider", ["pkcs11", "aws", "vault"])
@@ -428,7 +421,7 @@ def test_vault_kubernetes_auth_through_the_clusters_own_token_review(
     start-up with a message that says so."""
     from kubernetes import client
 
-    from vault.devserver import DevServer
+    from vault.devserver import transit_server
 
     for name in ("VAULT_ADDR", "VAULT_TOKEN", "KMSPLUG_VAULT_TOKEN", "KMSPLUG_VAULT_AUTH"):
         monkeypatch.delenv(name, raising=False)
@@ -446,11 +439,7 @@ def test_vault_kubernetes_auth_through_the_clusters_own_token_review(
         return path
 
     reviewer, kmsplug_jwt, other_jwt = map(service_account_token, ("bao", "kmsplug", "other"))
-    (short_tmp / "bao").mkdir()
-    bao = DevServer(short_tmp / "bao").start()
-    try:
-        bao.enable_transit()
-        bao.create_key("k8s")
+    with transit_server(short_tmp / "bao") as bao:
         bao.api("POST", "sys/auth/kubernetes", {"type": "kubernetes"})
         ca_cert = (bed.workdir / "certs" / "apiserver.crt").read_text()
         bao.api(
@@ -490,8 +479,6 @@ def test_vault_kubernetes_auth_through_the_clusters_own_token_review(
         read_back(bed, made)
         for jwt in (kmsplug_jwt, other_jwt):
             assert jwt.read_text() not in plugin.log()
-    finally:
-        bao.stop()
 
 
 def _provider_setup(
@@ -526,12 +513,8 @@ def _provider_setup(
             *("--aws-key", kms.create_key(), "--aws-endpoint", kms.endpoint),
             *("--aws-region", REGION),
         ]
-    from vault.devserver import DevServer
+    from vault.devserver import transit_server
 
-    (tmp / "bao").mkdir()
-    bao = DevServer(tmp / "bao").start()
-    stack.callback(bao.stop)
-    bao.enable_transit()
-    bao.create_key("k8s")
+    bao = stack.enter_context(transit_server(tmp / "bao"))
     monkeypatch.setenv("VAULT_TOKEN", bao.root_token)
     return "vault:transit/k8s:", ["--vault-address", bao.address, "--vault-transit-key", "k8s"]

@@ -156,15 +156,11 @@ def test_vault_provider_from_flags_alone(
 ) -> None:
     """Everything on the command line but the token, which comes from a file; against a
     real OpenBao dev server."""
-    from vault.devserver import DevServer
+    from vault.devserver import transit_server
 
     for name in ("VAULT_ADDR", "VAULT_TOKEN", "KMSPLUG_VAULT_TRANSIT_KEY"):
         monkeypatch.delenv(name, raising=False)
-    (short_tmp / "bao").mkdir()
-    bao = DevServer(short_tmp / "bao").start()
-    try:
-        bao.enable_transit("kms")
-        bao.create_key("cluster-a", mount="kms")
+    with transit_server(short_tmp / "bao", key="cluster-a", mount="kms") as bao:
         token_file = short_tmp / "token"
         token_file.write_text(bao.root_token)
         plugin = plugin_factory(
@@ -184,8 +180,6 @@ def test_vault_provider_from_flags_alone(
 
         assert anyio.run(round_trip) == "vault:kms/cluster-a:v1"
         assert bao.root_token not in plugin.log()
-    finally:
-        bao.stop()
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ import secrets
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +211,16 @@ class DevServer:
         match = re.search(r"Unseal Key: (\S+)", self.log_path.read_text())
         assert match, "dev server printed no unseal key"
         self.api("PUT", "sys/unseal", {"key": match.group(1)})
+
+
+@contextmanager
+def transit_server(workdir: Path, key: str = "k8s", mount: str = "transit") -> Iterator[DevServer]:
+    """A dev server in `workdir` with Transit at `mount` and one key; stopped on exit."""
+    workdir.mkdir(exist_ok=True)
+    server = DevServer(workdir).start()
+    try:
+        server.enable_transit(mount)
+        server.create_key(key, mount=mount)
+        yield server
+    finally:
+        server.stop()
