@@ -16,6 +16,7 @@ import anyio
 import click
 
 from kmsplug import __version__
+from kmsplug.cluster.agreement import key_agreement, requires_key_agreement
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError, KmsplugError
 from kmsplug.provider_options import (
@@ -641,6 +642,7 @@ def verify(
     help="Where progress is saved; a second run with the same file resumes.",
 )
 @option("--dry-run", is_flag=True, help="Send every write as a server-side dry run.")
+@requires_key_agreement
 def migrate(
     kubeconfig: str | None,
     resources: tuple[str, ...],
@@ -682,6 +684,9 @@ def migrate(
             f"deleted meanwhile {result.gone}, conflicts retried {result.conflicts}"
         )
     sys.exit(1 if failed else 0)
+
+
+main.add_command(key_agreement)
 
 
 def ack_main() -> None:
