@@ -34,6 +34,7 @@ import click
 
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError
+from kmsplug.extras import require
 
 STATUS_METRIC = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds"
 STALE_AFTER_SECONDS = 150.0
@@ -420,6 +421,7 @@ def run_check(
     targets: list[Apiserver] = []
     warning = ""
     if apiserver_urls or not named_any or (kubeconfigs and ask_kubeconfig_servers):
+        require("cluster", "asking apiservers for their key_id", ("kubernetes",))
         try:
             targets, warning = apiserver_targets(
                 kubeconfigs, apiserver_urls, discover=not named_any, timeout=timeout
@@ -471,6 +473,7 @@ def requires_key_agreement(command: F) -> F:
         skip_key_agreement: bool,
         **kwargs: Any,
     ) -> Any:
+        require("cluster", "kmsplug migrate")
         kubeconfig = kwargs.get("kubeconfig")
         agreement, warning = run_check(
             agreement_sockets,
