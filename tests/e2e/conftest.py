@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ha_bed import HaBed, running_bed
 
 from bed import ClusterBed
 
@@ -37,3 +38,18 @@ def bed_factory() -> Iterator[BedFactory]:
     for bed in beds:
         bed.stop()
         shutil.rmtree(bed.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ha_bed_session() -> Iterator[HaBed]:
+    """Three control-plane nodes sharing the Alibaba fake (ha_bed.py), started once."""
+    with running_bed() as bed:
+        yield bed
+
+
+@pytest.fixture
+def ha(ha_bed_session: HaBed) -> HaBed:
+    """The shared HA bed, healed first: the KMS answers, the key is enabled, every plugin
+    and apiserver runs and reports its KMS providers healthy."""
+    ha_bed_session.heal()
+    return ha_bed_session
