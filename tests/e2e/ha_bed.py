@@ -497,6 +497,9 @@ class HaBed:
     v2_resources: tuple[str, ...] = ("secrets",)
     v1_resources: tuple[str, ...] = ("configmaps",)
     v1_cachesize: int | None = None
+    v1_timeout: str = "20s"
+    """KMS v1 asks the plugin on every write: a timeout above a plugin restart's length lets
+    the apiserver hold those calls until the plugin is back (the default 3 s fails them)."""
     plugin_args: tuple[str, ...] = ("--health-probe-interval", "5")
     apiserver_extra: tuple[str, ...] = TRIM_FLAGS
     etcd_quota_bytes: int = ETCD_QUOTA_BYTES
@@ -600,6 +603,7 @@ class HaBed:
                     name=V1_NAME,
                     resources=self.v1_resources,
                     cachesize=self.v1_cachesize,
+                    timeout=self.v1_timeout,
                 )
             )
         return merged_config(path, *documents)
