@@ -42,8 +42,11 @@ def bed_factory() -> Iterator[BedFactory]:
 
 @pytest.fixture(scope="session")
 def ha_bed_session() -> Iterator[HaBed]:
-    """Three control-plane nodes sharing the Alibaba fake (ha_bed.py), started once."""
-    with running_bed() as bed:
+    """Three control-plane nodes sharing the Alibaba fake (ha_bed.py), started once; the
+    plugins probe their key every KMSPLUG_HA_PROBE_INTERVAL seconds (5; kmsplug's own
+    default is 30)."""
+    interval = os.environ.get("KMSPLUG_HA_PROBE_INTERVAL", "5")
+    with running_bed(plugin_args=("--health-probe-interval", interval)) as bed:
         yield bed
 
 
