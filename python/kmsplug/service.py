@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from kmsplug.envelope import Envelope, RotationPolicy
+from kmsplug.errors import ProviderUnavailable
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("kmsplug.audit")
@@ -85,10 +86,17 @@ class KeyService:
 
     async def start(self) -> None:
         """Check the key, make the first local KEK and the first health verdict."""
-        for line in await self.envelope.writer.preflight():
-            log.info("preflight: %s", line)
-            audit.info("preflight passed", extra={"event": "preflight", "detail": line})
-        await self.envelope.start()
+        try:
+            for line in await self.envelope.writer.preflight():
+                log.info("preflight: %s", line)
+                audit.info("preflight passed", extra={"event": "preflight", "detail": line})
+            await self.envelope.start()
+        except ProviderUnavailable as exc:  # say why a restart during an outage cannot work
+            raise ProviderUnavailable(
+                f"cannot start while the KMS is unavailable: {exc}. kmsplug keeps no key on "
+                "disk, so it needs the KMS to check the key and make its local KEK; it starts "
+                "once the KMS answers"
+            ) from exc
         self._audit_key("new local KEK", "rotation")
         await self.probe()
 
