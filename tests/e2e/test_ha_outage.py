@@ -93,6 +93,10 @@ def table(probes: list[Probe]) -> str:
 
 def test_kms_outage(ha: HaBed) -> None:
     a, b, c = ha.node("a"), ha.node("b"), ha.node("c")
+    # b's Secrets are sealed under its apiserver's seed, wrapped by b's plugin: restarting
+    # that plugin now leaves the seed's KEK in no plugin's memory but the KMS
+    b_secrets = write_objects(b, "secrets", 3, "pre-b-old")
+    b.restart_plugin()
     before = {(n.name, r): write_objects(n, r, 3, f"pre-{n.name}") for n in ha.nodes
               for r in ("secrets", "configmaps")}  # fmt: skip
     for node in ha.nodes:  # every apiserver (and so every plugin) has met everything
@@ -139,7 +143,8 @@ def test_kms_outage(ha: HaBed) -> None:
         for resource, made in late.items():
             seen.read(c, resource, made, "a's (new)")
 
-        # an apiserver restarted during the outage, its plugin running
+        # an apiserver restarted during the outage, its plugin running: it opens what its
+        # plugin holds KEKs for, and not its own old seed (wrapped by b's previous plugin)
         b_restart_at = load.now()
         b.stop_apiserver()
         seen.run("apiserver start (to /livez)", b, lambda: b.start_apiserver(180, "/livez"))
@@ -147,6 +152,7 @@ def test_kms_outage(ha: HaBed) -> None:
             seen.read(b, resource, made, "a's (new)")
         for resource in ("secrets", "configmaps"):
             seen.read(b, resource, before[("a", resource)], "a's (before)")
+        seen.read(b, "secrets", b_secrets, "its own, sealed by its previous plugin")
 
         remaining = OUTAGE_SECONDS - (time.monotonic() - began)
         if remaining > 0:
@@ -192,8 +198,11 @@ def test_kms_outage(ha: HaBed) -> None:
     assert seen.find("secrets create, its plugin down", "c").ok  # v2: the apiserver's seed
     assert not seen.find("configmaps create, its plugin down", "c").ok  # v1: every write
 
+    unheld = seen.find("secrets read of its own, sealed by its previous plugin", "b")
+    assert not unheld.ok, unheld  # only the KMS can unwrap that KEK
+
     # once the KMS answers: everything written before and during, exact through every node
-    written = {**before, **during}
+    written = {**before, **during, ("b-old", "secrets"): b_secrets}
     for node in ha.nodes:
         for (_, resource), made in written.items():
             assert read_values(node, resource, list(made)) == made
