@@ -56,6 +56,13 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(HERE)]
 
 from apiserver_load import ListFailed, SecretLoad  # noqa: E402
+from peers.runners import (  # noqa: E402
+    Daemon,
+    aws_encryption_provider,
+    kmsplug_serve,
+    pinned_sources,
+    vault_kubernetes_kms,
+)
 
 from kmsplug.bench import Plan, run  # noqa: E402
 from kmsplug.encryption_config import encryption_configuration  # noqa: E402
@@ -64,13 +71,6 @@ from kmsplug.endpoint import Endpoint  # noqa: E402
 from aws.emulator import CREDENTIALS, REGION, LocalKms  # noqa: E402
 from aws.latency_proxy import LatencyProxy  # noqa: E402
 from bed import ClusterBed, apiserver_binary, etcd_binary  # noqa: E402
-from peers.runners import (  # noqa: E402
-    Daemon,
-    aws_encryption_provider,
-    kmsplug_serve,
-    pinned_sources,
-    vault_kubernetes_kms,
-)
 from vault.devserver import transit_server  # noqa: E402
 
 STATIC_CASES = ("identity", "aesgcm")

@@ -16,7 +16,10 @@ from typing import Any
 Row = dict[str, Any]
 PHASES = ("create1", "create", "update", "get", "fill")
 # kmsplug's case prefix -> the real peer's, on the same KMS behind the same proxy
-PAIRS = (("kmsplug", "peer", "aws-encryption-provider"), ("vault-kmsplug", "vault-peer", "vault-kubernetes-kms"))
+PAIRS = (
+    ("kmsplug", "peer", "aws-encryption-provider"),
+    ("vault-kmsplug", "vault-peer", "vault-kubernetes-kms"),
+)
 
 
 def condition(row: Row) -> str | None:
@@ -151,7 +154,8 @@ def render(results: Row) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     for ours_name, peer_name, peer_label in PAIRS:
         keys = sorted(
-            {(w, c, d) for (w, c, n, d) in plugin if n == ours_name}, key=lambda k: (k[2], k[0], k[1])
+            {(w, c, d) for (w, c, n, d) in plugin if n == ours_name},
+            key=lambda k: (k[2], k[0], k[1]),
         )
         if not keys:
             continue
@@ -208,7 +212,10 @@ def targets(
                         )
                     )
         for ours_name, peer_name, peer_label in PAIRS:
-            ours2, peer2 = cases.get((f"{ours_name}-v2", kms), {}), cases.get((f"{peer_name}-v2", kms), {})
+            ours2, peer2 = (
+                cases.get((f"{ours_name}-v2", kms), {}),
+                cases.get((f"{peer_name}-v2", kms), {}),
+            )
             for figure, writers in (("create1_p99", "1 writer"), ("create_p99", "N writers")):
                 a, b = ours2.get(figure), peer2.get(figure)
                 if a is not None and b:
@@ -220,7 +227,10 @@ def targets(
                             a <= b,
                         )
                     )
-            ours, peer = cases.get((f"{ours_name}-v1", kms), {}), cases.get((f"{peer_name}-v1", kms), {})
+            ours, peer = (
+                cases.get((f"{ours_name}-v1", kms), {}),
+                cases.get((f"{peer_name}-v1", kms), {}),
+            )
             if not (ours and peer):
                 continue
             need = 10 if quota or _delay_of(kms) >= 20 else 5

@@ -24,17 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from kmsplug._proto.v2.encrypted_object_pb2 import EncryptedObject
-from kmsplug.client import KmsClient
-from kmsplug.encryption_config import encryption_configuration
-from kmsplug.endpoint import Endpoint
-from kmsplug.envelope import peek
-from kmsplug.errors import InvalidCiphertext
-from kmsplug.providers.alibaba import looks_like_ack_ciphertext
-
-from bed import ClusterBed
-from configs import write_config
 from peers.runners import (
     AckSetup,
     Daemon,
@@ -47,6 +36,17 @@ from peers.runners import (
     vault_kubernetes_kms,
 )
 from test_kms_e2e import kmsplug_cli, make_secrets, read_back
+
+from kmsplug._proto.v2.encrypted_object_pb2 import EncryptedObject
+from kmsplug.client import KmsClient
+from kmsplug.encryption_config import encryption_configuration
+from kmsplug.endpoint import Endpoint
+from kmsplug.envelope import peek
+from kmsplug.errors import InvalidCiphertext
+from kmsplug.providers.alibaba import looks_like_ack_ciphertext
+
+from bed import ClusterBed
+from configs import write_config
 
 pytestmark = pytest.mark.slow
 
@@ -256,15 +256,20 @@ def test_aws_encryption_provider_swap(
         swap = Swap(
             api=api,
             start_peer=lambda: aws_encryption_provider(
-                short_tmp, socket, kms_endpoint=kms.endpoint, key=arn, region=REGION,
+                short_tmp,
+                socket,
+                kms_endpoint=kms.endpoint,
+                key=arn,
+                region=REGION,
                 credentials=CREDENTIALS,
-            ).start(),  # fmt: skip
+            ).start(),
             start_kmsplug=lambda *extra: kmsplug_serve(
-                short_tmp, socket,
+                short_tmp,
+                socket,
                 *("--provider", "aws", "--aws-key", arn, "--aws-endpoint", kms.endpoint),
                 *("--aws-region", REGION, *extra),
                 env=CREDENTIALS,
-            ).start(),  # fmt: skip
+            ).start(),
             is_peer_format=lambda ct: ct[:1] == b"1" and not is_kmsplug_format(ct),
             compat_args=("--mode", "direct"),
             peer_key_ids=frozenset({arn}),
@@ -292,11 +297,12 @@ def test_vault_kubernetes_kms_swap(
                 short_tmp, socket, address=bao.address, token=bao.root_token, transit_key="kms"
             ).start(),
             start_kmsplug=lambda *extra: kmsplug_serve(
-                short_tmp, socket,
+                short_tmp,
+                socket,
                 *("--provider", "vault", "--vault-address", bao.address),
                 *("--vault-transit-key", "kms", *extra),
                 env={"VAULT_TOKEN": bao.root_token},
-            ).start(),  # fmt: skip
+            ).start(),
             is_peer_format=lambda ct: ct.startswith(b"vault:v1:"),
             compat_args=("--mode", "direct"),
             peer_key_ids=frozenset({"1"}),  # transit's latest_version

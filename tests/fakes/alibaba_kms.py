@@ -1047,9 +1047,7 @@ class FakeAlibabaKms:
         if params.get("Format", "JSON").upper() != "JSON":
             raise _invalid("Format")
         try:
-            sent_at = dt.datetime.strptime(params["Timestamp"], _DATE_FORMAT).replace(
-                tzinfo=dt.UTC
-            )
+            sent_at = dt.datetime.strptime(params["Timestamp"], _DATE_FORMAT).replace(tzinfo=dt.UTC)
         except ValueError:
             raise _err(ERR_TIMESTAMP_FORMAT) from None
         principal = self._principal(params["AccessKeyId"], params.get("SecurityToken"))

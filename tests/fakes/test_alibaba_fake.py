@@ -673,9 +673,14 @@ def rpc_send(kms: FakeAlibabaKms, path: str, method: str = "POST") -> tuple[int,
 def test_rpc_signed_round_trip(kms, cred, key_id) -> None:
     kms.create_alias("alias/rpc", key_id)
     plaintext = b64(b"rpc ~*+ / = \x00")
-    status, body = rpc_send(kms, rpc_sign("Encrypt", {"KeyId": "alias/rpc", "Plaintext": plaintext}))
+    status, body = rpc_send(
+        kms, rpc_sign("Encrypt", {"KeyId": "alias/rpc", "Plaintext": plaintext})
+    )
     assert status == 200, body
-    assert (body["KeyId"], body["KeyVersionId"]) == (key_id, kms.describe(key_id).primary_key_version)
+    assert (body["KeyId"], body["KeyVersionId"]) == (
+        key_id,
+        kms.describe(key_id).primary_key_version,
+    )
     status, back = rpc_send(kms, rpc_sign("Decrypt", {"CiphertextBlob": body["CiphertextBlob"]}))
     assert (status, back["Plaintext"]) == (200, plaintext)
     # GET is signed with its own method name and is accepted too
@@ -730,9 +735,10 @@ def test_rpc_incomplete_or_unsupported_signatures_refused(kms, cred, key_id) -> 
     assert rpc_send(kms, sha256)[1]["Code"] == "IncompleteSignature"
     v2 = rpc_sign("DescribeKey", {"KeyId": key_id}, SignatureVersion="2.0")
     assert rpc_send(kms, v2)[1]["Code"] == "IncompleteSignature"
-    assert rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, Version="2019-01-01"))[1][
-        "Code"
-    ] == "InvalidVersion"
+    assert (
+        rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, Version="2019-01-01"))[1]["Code"]
+        == "InvalidVersion"
+    )
     assert rpc_send(kms, rpc_sign("CreateKey", {}))[0] == 404
     assert kms.count(outcome="Success") == 0
 
@@ -778,10 +784,10 @@ def test_tls_with_the_test_ca(tmp_path: Path) -> None:
         blob = encrypt(client, key_id, b"over tls").ciphertext_blob
         assert base64.b64decode(decrypt(client, blob).plaintext) == b"over tls"
         trusting = ssl.create_default_context(cafile=str(ca.ca_cert))
-        request = urllib.request.Request(
+        request = urllib.request.Request(  # noqa: S310 - the fake's https://127.0.0.1 URL
             kms.endpoint + rpc_sign("DescribeKey", {"KeyId": key_id}), method="POST", headers=FORM
         )
-        with urllib.request.urlopen(request, context=trusting, timeout=5) as answer:  # noqa: S310
+        with urllib.request.urlopen(request, context=trusting, timeout=5) as answer:  # noqa: S310 - 127.0.0.1
             assert json.loads(answer.read())["KeyMetadata"]["KeyId"] == key_id
         # a client without the test CA does not get through, and the fake keeps serving
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):

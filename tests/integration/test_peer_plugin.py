@@ -28,6 +28,7 @@ from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
 from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
+from peers.runners import Daemon, PeerUnavailable, aws_encryption_provider, peer_binary
 
 from kmsplug.client import KmsClient
 from kmsplug.envelope import Envelope
@@ -36,7 +37,6 @@ from kmsplug.providers.resilient import ResiliencePolicy, Resilient
 
 from aws.emulator import CREDENTIALS, REGION, LocalKms
 from aws.latency_proxy import LatencyProxy, LatencyProxyProcess
-from peers.runners import Daemon, PeerUnavailable, aws_encryption_provider, peer_binary
 from plugin_process import PluginFactory
 
 pytestmark = pytest.mark.anyio
@@ -364,9 +364,7 @@ async def timed(call: Any) -> tuple[Any, float]:
 
 
 @COLD_BUILD
-async def test_peer_round_trips_with_one_remote_call_each(
-    peer: Peer, proxy: LatencyProxy
-) -> None:
+async def test_peer_round_trips_with_one_remote_call_each(peer: Peer, proxy: LatencyProxy) -> None:
     async with KmsClient(peer.endpoint) as client:
         cipher, took = await timed(client.v1_encrypt(b"v1 secret"))
         assert took >= DELAY and cipher[:1] == b"1"
@@ -409,7 +407,7 @@ async def test_peer_metrics(peer: Peer) -> None:
 
     def scrape() -> str:
         url = f"http://127.0.0.1:{port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - 127.0.0.1
+        with urllib.request.urlopen(url, timeout=5) as answer:
             return str(answer.read().decode())
 
     text = await anyio.to_thread.run_sync(scrape)
@@ -442,5 +440,5 @@ async def test_proxy_quota_throttles_like_the_kms(kms: LocalKms) -> None:
         assert stats["throttled"] == outcomes.count("ThrottlingException")
         assert sum(limited.counts().values()) == outcomes.count("ok")
         assert stats["quota_qps"] == 20
-        time.sleep(0.3)  # refilled
+        await anyio.sleep(0.3)  # refilled
         client.encrypt(KeyId=arn, Plaintext=b"q")

@@ -261,7 +261,11 @@ def ack_kms_plugin(
     name = "ack-kms-plugin-v2" if v2 else "ack-kms-plugin"
     if enable_v1 and not v2:
         raise ValueError("--enable-kms-v1 exists only in the v2 build")
-    argv = [str(peer_binary(name)), *setup.argv(socket), *(["--enable-kms-v1"] if enable_v1 else [])]
+    argv = [
+        str(peer_binary(name)),
+        *setup.argv(socket),
+        *(["--enable-kms-v1"] if enable_v1 else []),
+    ]
     return Daemon(name, argv, setup.env(workdir), socket, workdir / f"{name}.log")
 
 
@@ -274,9 +278,10 @@ def kmsplug_as_ack(
     default port could be taken by another test on this machine.
     """
     script = Path(sys.executable).with_name("ack-kms-plugin")
-    argv = [str(script), *setup.argv(socket), *(["--enable-kms-v1"] if enable_v1 else [])]
+    v1 = ["--enable-kms-v1"] if enable_v1 else []
+    argv = [str(script), *setup.argv(socket), *v1, *extra_args]
     env = {**setup.env(workdir), "KMSPLUG_HTTP_ADDRESS": "127.0.0.1:0"}
-    return Daemon("kmsplug ack-kms-plugin", [*argv, *extra_args], env, socket, workdir / "kmsplug-ack.log")
+    return Daemon("kmsplug ack-kms-plugin", argv, env, socket, workdir / "kmsplug-ack.log")
 
 
 def vault_kubernetes_kms(
@@ -311,6 +316,4 @@ def kmsplug_serve(
         *("--key-file", str(workdir / "local.key"), "--http-address", "127.0.0.1:0"),
         *args,
     ]
-    return Daemon(
-        "kmsplug", argv, {**os.environ, **(env or {})}, socket, workdir / "kmsplug.log"
-    )
+    return Daemon("kmsplug", argv, {**os.environ, **(env or {})}, socket, workdir / "kmsplug.log")

@@ -16,8 +16,6 @@ import grpc
 import pytest
 
 from kmsplug.client import KmsClient
-
-from fakes.alibaba_kms import FakeAlibabaKms, make_test_ca
 from peers.runners import (
     AckSetup,
     Daemon,
@@ -29,6 +27,8 @@ from peers.runners import (
     peer_binary,
     vault_kubernetes_kms,
 )
+
+from fakes.alibaba_kms import FakeAlibabaKms, make_test_ca
 
 pytestmark = pytest.mark.anyio
 
@@ -142,9 +142,10 @@ async def test_ack_v2_key_id_annotations_status_and_the_drop_in(
                 fake.region.encode()
             )
             version = fake.describe(cmk).primary_key_version
-            assert encrypted.annotations[
-                "x-acs-kms-key-version-id.ack.alibabacloud.com"
-            ] == version.encode()
+            assert (
+                encrypted.annotations["x-acs-kms-key-version-id.ack.alibabacloud.com"]
+                == version.encode()
+            )
             # ack ignores key_id and annotations on Decrypt
             assert await client.v2_decrypt(encrypted.ciphertext, "any-key-id") == dek
         stored.append(encrypted)
