@@ -32,6 +32,7 @@ from peers.runners import Daemon, PeerUnavailable, aws_encryption_provider, peer
 
 from kmsplug.client import KmsClient
 from kmsplug.envelope import Envelope
+from kmsplug.errors import ProviderThrottled, ProviderUnavailable
 from kmsplug.providers.aws import AwsSettings, aws_provider
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
 
@@ -418,27 +419,36 @@ async def test_peer_metrics(peer: Peer) -> None:
 
 async def test_proxy_quota_throttles_like_the_kms(kms: LocalKms) -> None:
     """Over its quota the proxy answers as AWS KMS does (400 ThrottlingException), without
-    forwarding; kmsplug's provider classifies that as throttling; the bucket refills."""
+    forwarding; kmsplug's provider classifies that as throttling."""
     arn = kms.create_key()
-    with LatencyProxy(kms.endpoint, 0, quota_qps=20) as limited:
+    # One call per 20 s, one at a time: a burst of 10 gets exactly one through, however
+    # slowly this machine runs it (up to 20 s).
+    with LatencyProxy(kms.endpoint, 0, quota_qps=0.05) as limited:
         client = boto3.client(
-            "kms", endpoint_url=limited.url, region_name=REGION,
+            "kms",
+            endpoint_url=limited.url,
+            region_name=REGION,
             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            config=BotoConfig(retries={"max_attempts": 1}),
-        )  # fmt: skip
+            config=BotoConfig(retries={"total_max_attempts": 1}),
+        )
         outcomes = []
-        for _ in range(10):  # a burst: the bucket holds 2 (a tenth of a second)
+        for _ in range(10):
             try:
                 client.encrypt(KeyId=arn, Plaintext=b"q")
                 outcomes.append("ok")
             except client.exceptions.ClientError as exc:
                 outcomes.append(exc.response["Error"]["Code"])
-        assert outcomes.count("ok") >= 2 and "ThrottlingException" in outcomes
-        assert set(outcomes) <= {"ok", "ThrottlingException"}
+        assert outcomes == ["ok"] + ["ThrottlingException"] * 9
         stats = limited.stats()
-        assert stats["throttled"] == outcomes.count("ThrottlingException")
-        assert sum(limited.counts().values()) == outcomes.count("ok")
-        assert stats["quota_qps"] == 20
-        await anyio.sleep(0.3)  # refilled
-        client.encrypt(KeyId=arn, Plaintext=b"q")
+        assert (stats["throttled"], stats["quota_qps"]) == (9, 0.05)
+        assert limited.counts() == {ENCRYPT: 1}  # the throttled ones never reached the KMS
+        kek = aws_provider(
+            AwsSettings(key=arn, region=REGION, endpoint_url=limited.url), CREDENTIALS, FAST
+        )
+        try:
+            with pytest.raises(ProviderUnavailable) as refused:
+                await kek.wrap(b"k" * 32)
+            assert isinstance(refused.value.__cause__, ProviderThrottled)
+        finally:
+            await kek.aclose()
