@@ -87,8 +87,10 @@ def pinned_sources() -> dict[str, str]:
     found = {}
     for line in header:
         words = line.lstrip("#").split()
-        if len(words) >= 2 and words[0] in PEERS and "/" in words[1]:
-            found[words[0]] = " ".join(words[1:3])
+        if len(words) >= 3 and words[0] in PEERS and "/" in words[1]:
+            repo, commit = words[1].rstrip(","), words[2]
+            pinned = all(c in "0123456789abcdef" for c in commit)
+            found[words[0]] = f"{repo} {commit if pinned else '(newest source, file by file)'}"
     return found
 
 
