@@ -61,9 +61,11 @@ def need(peer: str) -> None:
         pytest.skip(f"{peer} not available: {exc}")
 
 
-def edeks(bed: ClusterBed, names: Iterator[str] | list[str], api: str) -> list[tuple[str, bytes]]:
+def edeks(
+    bed: ClusterBed, names: Iterator[str] | list[str], api: str, provider: str = NAME
+) -> list[tuple[str, bytes]]:
     """(key_id, the plugin's ciphertext) of each stored Secret, from etcd's raw bytes."""
-    prefix = f"k8s:enc:kms:{api}:{NAME}:".encode()
+    prefix = f"k8s:enc:kms:{api}:{provider}:".encode()
     found = []
     for name in names:
         raw = bed.raw(f"/registry/secrets/default/{name}")
@@ -100,11 +102,15 @@ class Swap:
     """One peer on one KMS API, and how kmsplug replaces it."""
 
     api: str  # "v1" or "v2"
+    socket: Path
     start_peer: Callable[[], Daemon]
     start_kmsplug: Callable[..., Daemon]  # (*extra serve flags) -> a started kmsplug
     is_peer_format: Callable[[bytes], bool]
     compat_args: tuple[str, ...]  # kmsplug's write mode the peer can read
     peer_key_ids: frozenset[str] = frozenset()  # v2: the key_ids the peer reports
+    compat_keeps_key_id: bool = False
+    """kmsplug's compatible mode reports the same key_id as its default mode (direct mode
+    does): the apiserver does not see what it wrote as stale, so migrate leaves it."""
 
 
 def run_swap(
@@ -151,13 +157,25 @@ def run_swap(
         if swap.api == "v2":
             assert stored_key_id == key_id
     everything.update(new)
+    provider = NAME
+    if swap.api == "v1":
+        # A KMS v1 value names no key: the apiserver rewrites it only when a provider other
+        # than the first read it. So kmsplug gets a name of its own, listed first, and the
+        # old name stays second, on the same socket, to read what is not rewritten yet.
+        provider = "kmsplug"
+        bed.restart_apiserver(_config(config.parent, swap.socket, "v1", "kmsplug", NAME))
+        read_back(bed, everything)
     migrated = kmsplug_cli("migrate", "--kubeconfig", str(bed.kubeconfig))
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    report = kmsplug_cli("verify", "--etcd", bed.etcd_url, "--expect-key-id", key_id, "--json")
+    expect = ("--expect-key-id", key_id, "--expect-provider", provider)
+    report = kmsplug_cli("verify", "--etcd", bed.etcd_url, *expect, "--json")
     assert report.returncode == 0, report.stdout + report.stderr
     document = json.loads(report.stdout)
     assert document["total"] == len(everything) and document["unexpected"] == []
-    assert all(is_kmsplug_format(ct) for _, ct in edeks(bed, list(everything), swap.api))
+    kept = written if swap.api == "v2" and swap.compat_keeps_key_id else {}
+    moved = [name for name in everything if name not in kept]
+    assert all(is_kmsplug_format(ct) for _, ct in edeks(bed, moved, swap.api, provider))
+    assert all(swap.is_peer_format(ct) for _, ct in edeks(bed, list(kept), swap.api, provider))
     read_back(bed, everything)
     kmsplug.stop()
 
@@ -193,6 +211,7 @@ def test_ack_kms_plugin_v1_swap(
     socket = short_tmp / "kms.sock"
     swap = Swap(
         api="v1",
+        socket=socket,
         start_peer=lambda: ack_kms_plugin(short_tmp, socket, setup).start(),
         start_kmsplug=lambda *extra: kmsplug_as_ack(short_tmp, socket, setup, *extra).start(),
         is_peer_format=looks_like_ack_ciphertext,
@@ -227,6 +246,7 @@ def test_ack_kms_plugin_v2_swap(
     first.stop()
     swap = Swap(
         api=api,
+        socket=socket,
         start_peer=lambda: ack_kms_plugin(short_tmp, socket, setup, v2=True, enable_v1=v1).start(),
         start_kmsplug=lambda *extra: kmsplug_as_ack(
             short_tmp, socket, setup, *extra, enable_v1=v1
@@ -255,6 +275,7 @@ def test_aws_encryption_provider_swap(
         socket = short_tmp / "kms.sock"
         swap = Swap(
             api=api,
+            socket=socket,
             start_peer=lambda: aws_encryption_provider(
                 short_tmp,
                 socket,
@@ -273,6 +294,7 @@ def test_aws_encryption_provider_swap(
             is_peer_format=lambda ct: ct[:1] == b"1" and not is_kmsplug_format(ct),
             compat_args=("--mode", "direct"),
             peer_key_ids=frozenset({arn}),
+            compat_keeps_key_id=True,
         )
         run_swap(swap, bed_factory, _config(short_tmp, socket, api))
     finally:
@@ -293,6 +315,7 @@ def test_vault_kubernetes_kms_swap(
         socket = short_tmp / "kms.sock"
         swap = Swap(
             api=api,
+            socket=socket,
             start_peer=lambda: vault_kubernetes_kms(
                 short_tmp, socket, address=bao.address, token=bao.root_token, transit_key="kms"
             ).start(),
@@ -306,10 +329,21 @@ def test_vault_kubernetes_kms_swap(
             is_peer_format=lambda ct: ct.startswith(b"vault:v1:"),
             compat_args=("--mode", "direct"),
             peer_key_ids=frozenset({"1"}),  # transit's latest_version
+            compat_keeps_key_id=True,
         )
         run_swap(swap, bed_factory, _config(short_tmp, socket, api))
 
 
-def _config(directory: Path, socket: Path, api: str) -> Path:
-    document = encryption_configuration(Endpoint(path=str(socket)), api=api, name=NAME)
-    return write_config(directory / f"encryption-{api}.yaml", document)
+def _config(directory: Path, socket: Path, api: str, *names: str) -> Path:
+    """The peer's EncryptionConfiguration: a kms provider per name (default: NAME), each on
+    `socket`, then identity."""
+    endpoint = Endpoint(path=str(socket))
+    documents = [
+        encryption_configuration(endpoint, api=api, name=name) for name in names or (NAME,)
+    ]
+    document = documents[0]
+    document["resources"][0]["providers"] = [
+        *(doc["resources"][0]["providers"][0] for doc in documents),
+        {"identity": {}},
+    ]
+    return write_config(directory / f"encryption-{api}-{'-'.join(names or (NAME,))}.yaml", document)
