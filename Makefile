@@ -100,7 +100,7 @@ bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
 	$(PY) benches/alibaba_client.py
 
 .PHONY: bench-cluster
-bench-cluster: build e2e-deps ## kube-apiserver latency per provider, kmsplug vs the real peers (BENCHMARKS.md)
+bench-cluster: build e2e-deps ## kube-apiserver latency per provider, kmsplug vs the real peers (~45 min; BENCHMARKS.md)
 	$(PY) benches/cluster_bench.py --delay-ms 5 --delay-ms 20 --quota-qps 1000 --rounds 2
 
 .PHONY: clean

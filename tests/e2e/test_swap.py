@@ -48,7 +48,8 @@ from kmsplug.providers.alibaba import looks_like_ack_ciphertext
 from bed import ClusterBed
 from configs import write_config
 
-pytestmark = pytest.mark.slow
+# Four apiserver restarts each, and a cold build of the peer if the cache lacks it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 COUNT = int(os.environ.get("KMSPLUG_SWAP_SECRETS", "200"))
 NAME = "grpc-kms-provider"  # the provider name in ack-kms-plugin's own manifests

@@ -23,6 +23,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.timeout(1500)  # a cold build when `make e2e-deps` has not cached it yet
 @pytest.mark.parametrize("name", PEERS)
 def test_each_peer_builds_once_then_comes_from_the_cache(name: str) -> None:
     try:

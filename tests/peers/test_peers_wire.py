@@ -30,7 +30,8 @@ from peers.runners import (
 
 from fakes.alibaba_kms import FakeAlibabaKms, make_test_ca
 
-pytestmark = pytest.mark.anyio
+# A cold build of a peer (when `make e2e-deps` has not cached it) takes minutes.
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ACK_ANNOTATIONS = {
     "x-acs-request-id.ack.alibabacloud.com",
