@@ -237,7 +237,13 @@ class AlibabaKek(RemoteKek):
             raise ProviderTransient("KMS Decrypt returned malformed plaintext") from None
 
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
-        """Decrypt what ack-kms-plugin stored: its CiphertextBlob, with no context."""
+        """Decrypt a bare CiphertextBlob: ack-kms-plugin's (no context), or our own from
+        direct mode (our context): nothing in the blob tells the two apart."""
+        if self._context:
+            try:
+                return await self.unwrap(ciphertext)
+            except InvalidCiphertext:
+                pass  # not ours: ack-kms-plugin's, without a context
         from alibabacloud_kms20160120 import models
 
         request = models.DecryptRequest(ciphertext_blob=ciphertext.decode("ascii"))
