@@ -142,7 +142,7 @@ async def _clean(api: Api, reply: Reply, connection: Connection) -> str | None:
     if reply.code == "DEADLINE_EXCEEDED":
         return f"no answer within {api.session.settings.timeout:g} s"
     if reply.code in NO_ANSWER and not connection.is_ready():
-        return f"connection dropped ({reply.describe()})"
+        return f"connection dropped or refused ({reply.describe()})"
     if reply.code == UNDECODABLE_RESPONSE:
         return "answered OK with bytes that are not the response message"
     after = await api.alive(on=connection)
