@@ -50,6 +50,7 @@ FAULTS = {
     "hang-on-empty": "Encrypt of an empty plaintext never answers",
     "crash-on-short": "Decrypt of a ciphertext under 12 bytes kills the process",
     "serial": "one call at a time, 20 ms each",
+    "sticky-errors": "a refused Decrypt turns Status unhealthy (as a shared health cache)",
     "v1-wrong-version": "v1 Version answers 'v2'",
     "v1-no-ping": "v1 Encrypt refuses plaintexts shorter than 32 bytes",
 }
@@ -103,6 +104,7 @@ class Plugin:
         self.sealer = Sealer(faults)
         self.key_id = "k" * 1025 if "long-key-id" in faults else KEY_ID
         self.status_calls = 0
+        self.last_error = ""
         self.lock = asyncio.Lock()
 
     def current_key_id(self) -> str:
@@ -149,6 +151,8 @@ class V2Servicer(v2grpc.KeyManagementServiceServicer):  # type: ignore[misc]
         if "bad-version" in p.faults:
             version = "v3"
         healthz = "degraded: test fault" if "unhealthy" in p.faults else "ok"
+        if p.last_error and "sticky-errors" in p.faults:
+            healthz = f"err: {p.last_error}"
         return v2pb.StatusResponse(version=version, healthz=healthz, key_id=p.current_key_id())
 
     async def Encrypt(self, request: v2pb.EncryptRequest, context: Ctx) -> object:  # noqa: N802
@@ -184,6 +188,7 @@ class V2Servicer(v2grpc.KeyManagementServiceServicer):  # type: ignore[misc]
                 ciphertext = unpad(ciphertext)
             plaintext = p.sealer.open(ciphertext, p.aad(key_id, dict(request.annotations)))
         except (InvalidTag, ValueError):
+            p.last_error = "cannot decrypt"
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "cannot decrypt")
         return v2pb.DecryptResponse(plaintext=plaintext)
 

@@ -31,7 +31,12 @@ FAULTS: dict[str, set[str]] = {
     "non-fqdn-annotation": {"v2.encrypt.annotation_keys"},
     "huge-annotations": {"v2.encrypt.annotations_size"},
     "bad-version": {"v2.status.version"},
-    "unhealthy": {"v2.status.healthz", "v2.burst.second_connection"},
+    "unhealthy": {
+        "v2.status.healthz",
+        "v2.status.after_refusals",
+        "v2.burst.second_connection",
+    },
+    "sticky-errors": {"v2.status.after_refusals", "v2.burst.second_connection"},
     "flip-flop": {"v2.status.stable"},
     "long-key-id": {"v2.status.key_id"},
     "ignore-key-id": {"v2.decrypt.unknown_key_id"},

@@ -160,6 +160,15 @@ V2 = _rules(
         _TAMPER_SRC + "; annotations are stored in plaintext in etcd",
     ),
     Rule("v2.tamper.key_id", "another key_id: no wrong plaintext", _TAMPER, _TAMPER_SRC),
+    Rule(
+        "v2.status.after_refusals",
+        "Status still healthy after refused Decrypts",
+        "the apiserver decrypts whatever etcd holds, corrupted objects included; a plugin "
+        "that turns unhealthy when it refuses one fails /readyz for every resource it "
+        "protects, and writes stop 3 min later",
+        "kmsv2/envelope.go TransformFromStorage (Decrypt per stored object); config.go "
+        "(health check, 3 min write TTL)",
+    ),
     Rule("v2.bad.empty_plaintext", "Encrypt of an empty plaintext: clean answer", _BAD, _BAD_SRC),
     Rule("v2.bad.oversized_plaintext", "Encrypt of 1 MiB: clean answer", _BAD, _BAD_SRC),
     Rule(
@@ -194,6 +203,14 @@ V2 = _rules(
         "answers when :authority is the socket path",
         "apiservers before 1.32 send the socket path as :authority; plugins must accept it",
         "kubernetes/kubernetes#126929 and PR #126930 (kmsv2 sends localhost since 1.32)",
+    ),
+    Rule(
+        "v2.status.after_bad_input",
+        "Status after the bad-input checks",
+        "the apiserver never sends such input, so this is no rule; a plugin that turns "
+        "unhealthy here can be made unhealthy by anything else on its socket",
+        "informative",
+        required=False,
     ),
     Rule(
         "v2.encrypt.randomized",

@@ -52,6 +52,7 @@ class V1Checks:
                 ),
                 self.tamper,
             ),
+            (("v1.burst", "v1.burst.second_connection", "v1.burst.throughput"), self.burst),
             (
                 (
                     "v1.bad.empty_plaintext",
@@ -61,7 +62,6 @@ class V1Checks:
                 ),
                 self.bad_input,
             ),
-            (("v1.burst", "v1.burst.second_connection", "v1.burst.throughput"), self.burst),
             (("v1.authority",), self.authority),
         ]
 

@@ -74,6 +74,10 @@ class V2Checks:
                 ),
                 self.tamper,
             ),
+            (("v2.status.after_refusals",), self.healthy_after_refusals),
+            # The burst before the bad input: it measures load alone, on a plugin no odd
+            # request has disturbed yet.
+            (("v2.burst", "v2.burst.second_connection", "v2.burst.throughput"), self.burst),
             (
                 (
                     "v2.bad.empty_plaintext",
@@ -83,7 +87,7 @@ class V2Checks:
                 ),
                 self.bad_input,
             ),
-            (("v2.burst", "v2.burst.second_connection", "v2.burst.throughput"), self.burst),
+            (("v2.status.after_bad_input",), self.healthy_after_bad_input),
             (("v2.authority",), self.authority),
         ]
 
@@ -297,6 +301,23 @@ class V2Checks:
             good,
             lambda s: [(n, s.but(key_id=k)) for n, k in alter.other_key_ids(s.key_id)],
         )
+
+    async def _healthz(self) -> str:
+        status, reply = self.api.read_status(await self.api.alive())
+        if status is None:
+            return f"Status failed: {reply.describe()}"
+        return "ok" if status.healthz == "ok" else f"healthz {_short(status.healthz)!r}"
+
+    async def healthy_after_refusals(self) -> None:
+        health = await self._healthz()
+        if health == "ok":
+            self.report.add("v2.status.after_refusals", Outcome.PASS, "healthz ok")
+        else:
+            self.report.add("v2.status.after_refusals", Outcome.FAIL, health)
+
+    async def healthy_after_bad_input(self) -> None:
+        health = await self._healthz()
+        self.report.add("v2.status.after_bad_input", Outcome.FIGURE, health)
 
     async def bad_input(self) -> None:
         await common.bad_plaintext(self.api, self.report, "v2.bad.empty_plaintext", b"")
