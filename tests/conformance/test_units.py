@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from kmsplug.cli import main
 from kmsplug.conformance import alter
 from kmsplug.conformance.fqdn import fqdn_problem
 from kmsplug.conformance.report import Outcome, Report, percentile
@@ -98,3 +103,30 @@ def test_catalogue_is_sized_and_sourced() -> None:
         assert rule.rule and rule.source, rule.id
     # every required rule names where it comes from, not just "informative"
     assert all(r.source != "informative" for r in ALL.values() if r.required)
+
+
+def test_compare_puts_reports_side_by_side(tmp_path: Path) -> None:
+    good, bad = Report("unix:///a", {}, label="good"), Report("unix:///b", {}, label="bad")
+    good.add("v2.status.version", Outcome.PASS)
+    bad.add("v2.status.version", Outcome.FAIL, "'v3'")
+    good.add("v2.burst.throughput", Outcome.FIGURE, "x", calls_per_second=812.4)
+    paths = []
+    for report in (good, bad):
+        path = tmp_path / f"{report.label}.json"
+        path.write_text(json.dumps(report.as_json()))
+        paths += ["--compare", str(path)]
+    result = CliRunner().invoke(main, ["conformance", *paths])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "| check | kind | good | bad |"
+    assert "| `v2.status.version` | required | pass | **FAIL** |" in lines
+    assert "| `v2.burst.throughput` | info | 812/s | n/a |" in lines
+    assert lines[-1] == "| **verdict** | | **conforms** | **does not conform** |"
+
+
+def test_rules_lists_every_rule_with_its_source() -> None:
+    result = CliRunner().invoke(main, ["conformance", "--rules"])
+    assert result.exit_code == 0
+    for rule in ALL.values():
+        assert f"{rule.id} [" in result.output
+    assert result.output.count("source: ") == len(ALL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -65,7 +66,18 @@ def _endpoint(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     show_default=True,
     help="Seconds for the whole run; checks that do not fit are reported as not run.",
 )
+@click.option(
+    "--label", default="", help="A name for the plugin in the report (e.g. for --compare)."
+)
 @click.option("--rules", "list_rules", is_flag=True, help="List the rules and their sources.")
+@click.option(
+    "--compare",
+    "compare_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Print saved --json reports side by side as a Markdown table (repeatable); "
+    "nothing is run.",
+)
 def conformance(
     endpoint: Endpoint | None,
     api: str,
@@ -73,7 +85,9 @@ def conformance(
     timeout: float,
     burst: int,
     budget: float,
+    label: str,
     list_rules: bool,
+    compare_files: tuple[Path, ...],
 ) -> None:
     """Check a KMS plugin against kube-apiserver's rules; exit 0 only if every required
     check passes. Works against any plugin's socket."""
@@ -83,6 +97,14 @@ def conformance(
     if list_rules:
         click.echo(rules_table(ALL.values()))
         return
+    if compare_files:
+        from kmsplug.conformance.compare import load, markdown
+
+        try:
+            click.echo(markdown(load(compare_files)))
+        except (ValueError, KeyError) as exc:
+            raise click.UsageError(f"not a conformance --json report: {exc}") from None
+        return
     if endpoint is None:
         raise click.UsageError("--socket is required")
     from kmsplug.conformance.runner import run
@@ -90,6 +112,7 @@ def conformance(
 
     settings = Settings(endpoint, api=api, timeout=timeout, budget=budget, burst=burst)
     report = asyncio.run(run(settings))
+    report.label = label
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2))
     else:

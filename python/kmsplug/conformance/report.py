@@ -49,6 +49,7 @@ class Report:
     socket: str
     settings: dict[str, Any]
     results: list[Result] = field(default_factory=list)
+    label: str = ""
 
     def add(self, rule_id: str, outcome: Outcome, detail: str = "", **figures: float) -> Result:
         result = Result(ALL[rule_id], outcome, detail, figures)
@@ -61,6 +62,7 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "label": self.label,
             "socket": self.socket,
             "settings": self.settings,
             "conforms": self.conforms,
