@@ -89,14 +89,13 @@ class Report:
 
 
 def rules_table(rules: Iterable[Rule]) -> str:
-    """The catalogue (for --rules): id, kind, rule and source."""
-    out = []
+    """The catalogue (for --rules) as a Markdown table: id, kind, what, rule and source."""
+    lines = ["| check | kind | what | rule | source |", "|---|---|---|---|---|"]
     for rule in rules:
-        kind = "required" if rule.required else "informative"
-        out.append(
-            f"{rule.id} [{kind}] {rule.title}\n    rule: {rule.rule}\n    source: {rule.source}"
-        )
-    return "\n".join(out)
+        kind = "required" if rule.required else "info"
+        cells = [f"`{rule.id}`", kind, rule.title, rule.rule, rule.source]
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return "\n".join(lines)
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:
