@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from run_helpers import StartReference, conformance
 
 from kmsplug.conformance.rules import ALL
 from kmsplug.endpoint import Endpoint
-
-from conftest import StartReference, conformance
 
 V1_TAMPER = {f"v1.tamper.{k}" for k in ("flipped", "truncated", "extended", "random")}
 V2_TAMPER = {f"v2.tamper.{k}" for k in ("flipped", "truncated", "extended", "random")}

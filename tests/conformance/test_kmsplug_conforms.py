@@ -18,11 +18,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from run_helpers import conformance
 
 from kmsplug.conformance.rules import ALL
 from kmsplug.endpoint import Endpoint
 
-from conftest import conformance
 from plugin_process import PluginProcess
 
 pytestmark = pytest.mark.slow
