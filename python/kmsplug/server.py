@@ -29,17 +29,32 @@ from kmsplug.sockets import SocketGuard
 
 log = logging.getLogger(__name__)
 
-# grpc core cancels calls beyond ~1,000 waiting for a handler by default; the apiserver
-# can send thousands at once after a restart, so size the queue deliberately.
-MAX_PENDING_CALLS = 65536
-
 # The gRPC health service answers for the server as a whole and for each KMS service.
 GRPC_HEALTH_NAMES = ("", "v2.KeyManagementService", "v1beta1.KeyManagementService")
 
+# Stream and queue limits (issue 12, point 3; figures in docs/security.md). They must hold
+# a real burst and a hostile flood alike:
+# - MAX_CONCURRENT_STREAMS per connection: grpc clients (grpc-go in kube-apiserver, grpc
+#   core in Python) queue calls beyond it instead of failing (measured: 5,000 concurrent
+#   round trips, all OK). Half-open streams are bounded by it: extra HEADERS are refused
+#   (REFUSED_STREAM) before they cost memory.
+# - grpc core's "overload protection" is off: it refuses a stream whenever more streams are
+#   allocated than the limit, counting those a client already saw finish but Python has
+#   not released yet, so a client that queues at the limit gets REFUSED_STREAM failures
+#   (measured: 4,103 of 5,000 grpc-go round trips at 128, 3,044 at 1,024).
+# - MAX_PENDING_CALLS: calls core holds until the Python loop takes them. A rapid-reset
+#   flood (HEADERS + RST_STREAM, which no stream limit counts) lands here; beyond the
+#   bound core drops them itself, so Python handles at most this many dead calls at a
+#   time (~80 us each) and memory stays flat. Legit callers stay below it: at most
+#   MAX_CONCURRENT_STREAMS per connection wait, and kube-apiserver holds a few connections.
+MAX_CONCURRENT_STREAMS = 128
+MAX_PENDING_CALLS = 1024
+
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+    ("grpc.http.overload_protection", 0),
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
-    ("grpc.max_concurrent_streams", MAX_PENDING_CALLS),
     ("grpc.so_reuseport", 0),
 )
 
