@@ -29,6 +29,11 @@ class InvalidRequest(KmsplugError):
     """
 
 
+class ShuttingDown(KmsplugError):
+    """The plugin received SIGTERM: calls that arrive now are refused so the caller retries
+    (kube-apiserver reaches the replacement on the same socket path)."""
+
+
 class InvalidInput(KmsplugError, ValueError):
     """The core refused an argument out of range (an empty plaintext, a policy value).
 

@@ -1,8 +1,15 @@
 """The plugin process: claim the socket, serve both KMS APIs, stop without losing a call.
 
 Shutdown on SIGTERM/SIGINT: remove the socket file (new connections fail fast and a
-replacement can bind), keep serving until every call in flight has finished (bounded by
-the grace period), then stop the gRPC server. A second signal stops at once.
+replacement can bind); keep serving until the calls stop coming (a quiet gap) or the
+grace period ends; then answer every new call UNAVAILABLE (the caller retries, and
+reaches the replacement), let the calls being served finish, hang up the clients'
+connections and stop the gRPC server. A second signal stops at once.
+
+Why hang up rather than let grpc stop the connections: grpc core's shutdown cancels
+(RST_STREAM CANCEL) every call that reached it but not yet the Python loop, and every
+call sent in the moment before its GOAWAY reaches the client; under steady load that
+was a few CANCELLED calls per shutdown. A closed connection ends those calls UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,6 +59,9 @@ GRPC_HEALTH_NAMES = ("", "v2.KeyManagementService", "v1beta1.KeyManagementServic
 MAX_CONCURRENT_STREAMS = 128
 MAX_PENDING_CALLS = 1024
 
+# After the grace period, calls being served get this long to finish before the hang-up.
+FINISH_SECONDS = 2.0
+
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
     ("grpc.http.overload_protection", 0),
@@ -88,7 +100,8 @@ async def _bind(server: grpc.aio.Server, guard: SocketGuard, mode: int) -> None:
 
 
 async def _drain(inflight: InflightCounter, grace_period: float, quiet: float = 0.25) -> None:
-    """Wait until no call is in flight and none arrived for `quiet` s, or the grace ends."""
+    """Serve until no call arrived for `quiet` s or the grace period ends; then refuse new
+    calls (UNAVAILABLE) and let those being served finish."""
     with anyio.move_on_after(grace_period):
         seen = inflight.started
         idle_since = anyio.current_time()
@@ -99,7 +112,37 @@ async def _drain(inflight: InflightCounter, grace_period: float, quiet: float = 
                 seen = inflight.started
                 idle_since = now
             elif now - idle_since >= quiet:
-                return
+                break
+    inflight.draining = True
+    for _ in range(int(FINISH_SECONDS / 0.01)):
+        if not inflight.value:
+            break
+        await anyio.sleep(0.01)
+    await anyio.sleep(0.05)  # grpc core writes the last answers out
+
+
+def _hang_up(endpoint: Endpoint) -> int:
+    """Shut down every accepted connection on our socket (not the listener); returns how
+    many. Clients see the connection close: calls still unanswered end UNAVAILABLE."""
+    closed = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            conn = socket.socket(fileno=os.dup(int(name)))
+        except OSError:  # not a socket, or gone since listdir
+            continue
+        with conn:
+            try:
+                if conn.family != socket.AF_UNIX or conn.type != socket.SOCK_STREAM:
+                    continue
+                if conn.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue  # the listener
+                if conn.getsockname() not in (endpoint.sockaddr, endpoint.sockaddr.encode()):
+                    continue
+                conn.shutdown(socket.SHUT_RDWR)
+                closed += 1
+            except OSError:
+                continue
+    return closed
 
 
 async def serve(
@@ -158,6 +201,8 @@ async def serve(
                 await health.enter_graceful_shutdown()
                 tasks.start_soon(_stop_now_on_second_signal, signals, server)
                 await _drain(inflight, settings.grace_period)
+                if sys.platform.startswith("linux"):
+                    log.debug("hung up", extra={"connections": _hang_up(settings.endpoint)})
                 await server.stop(grace=1.0)
                 lifecycle.serving = False
                 await ops.stop()

@@ -44,6 +44,7 @@ from kmsplug.errors import (
     PlaintextTooLarge,
     ProviderRefused,
     ProviderUnavailable,
+    ShuttingDown,
     UnknownKeyId,
 )
 from kmsplug.log import clip
@@ -70,6 +71,7 @@ _ERROR_STATUS: tuple[tuple[type[KmsplugError], grpc.StatusCode, str | None], ...
     (UnknownKeyId, grpc.StatusCode.FAILED_PRECONDITION, "unknown key_id"),
     (ProviderUnavailable, grpc.StatusCode.UNAVAILABLE, "KMS provider unavailable"),
     (NeedsRotation, grpc.StatusCode.UNAVAILABLE, "no usable key-encryption key"),
+    (ShuttingDown, grpc.StatusCode.UNAVAILABLE, "shutting down"),
     (ProviderRefused, grpc.StatusCode.FAILED_PRECONDITION, "KMS provider refused"),
     # Never expected on a call: the envelope handles KekNotCached, the rest are start-up.
     (KekNotCached, *_INTERNAL),
@@ -87,17 +89,18 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class InflightCounter:
-    """Calls being handled now, and calls started so far.
+    """Calls being handled now, calls started so far, and whether new calls are refused.
 
-    A local call runs start to finish without yielding, so `value` is mostly 0 even under
-    load; `started` moving is what tells the shutdown that calls are still arriving.
+    Once `draining` is set (SIGTERM), a call that arrives is answered UNAVAILABLE at once:
+    the caller retries, and reaches the replacement plugin on the same socket path.
     """
 
-    __slots__ = ("started", "value")
+    __slots__ = ("draining", "started", "value")
 
     def __init__(self) -> None:
         self.value = 0
         self.started = 0
+        self.draining = False
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[bytes, Any]], Awaitable[Any]]
@@ -125,6 +128,8 @@ def _rpc(request_type: Any, response_type: Any) -> Callable[[Handler], RawHandle
             outcome = "OK"
             request: Any = None
             try:
+                if inflight.draining:
+                    raise ShuttingDown("shutting down")
                 try:
                     request = parse(raw)
                 except DecodeError:
