@@ -14,6 +14,7 @@ was a few CANCELLED calls per shutdown. A closed connection ends those calls UNA
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -31,7 +32,7 @@ from kmsplug.endpoint import Endpoint
 from kmsplug.envelope import RotationPolicy
 from kmsplug.errors import ConfigError
 from kmsplug.metrics import Metrics
-from kmsplug.ops_http import Lifecycle, OpsServer, parse_address
+from kmsplug.ops_http import Lifecycle, OpsServer, listen, parse_address
 from kmsplug.service import KeyService
 from kmsplug.servicers import InflightCounter, register
 from kmsplug.sockets import SocketGuard
@@ -156,6 +157,36 @@ async def serve(
 
     SIGHUP re-reads the rotation settings (`reread_policy`) and the remote key's state.
     """
+    # The HTTP port first: a second kmsplug on the host fails here, cleanly, before it
+    # touches a KMS or the socket.
+    http_socket = _listen_http(settings.http_address)
+    with contextlib.ExitStack() as cleanup:
+        if http_socket is not None:
+            cleanup.callback(http_socket.close)
+        await _serve(service, settings, http_socket, on_ready, reread_policy)
+    log.info("stopped")
+
+
+def _listen_http(address: str) -> socket.socket | None:
+    if not address:
+        return None
+    try:
+        return listen(*parse_address(address))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"cannot serve HTTP on {address!r}: {reason.lower()}; each kmsplug on a host "
+            "needs its own --http-address (or '' to turn it off)"
+        ) from None
+
+
+async def _serve(
+    service: KeyService,
+    settings: ServerSettings,
+    http_socket: socket.socket | None,
+    on_ready: Callable[[], None] | None,
+    reread_policy: Callable[[], RotationPolicy] | None,
+) -> None:
     await service.start()
     inflight = InflightCounter()
     metrics = Metrics()
@@ -175,13 +206,8 @@ async def serve(
         health = grpc_health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         await _bind(server, guard, settings.socket_mode)
-        if settings.http_address:
-            try:
-                address = await ops.start(*parse_address(settings.http_address))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"cannot serve HTTP on {settings.http_address!r}: {exc}"
-                ) from None
+        if http_socket is not None:
+            address = await ops.start(http_socket)
             log.info("metrics and health", extra={"url": f"http://{address}/metrics"})
         lifecycle.serving = True
         for name in GRPC_HEALTH_NAMES:
@@ -207,7 +233,6 @@ async def serve(
                 lifecycle.serving = False
                 await ops.stop()
                 tasks.cancel_scope.cancel()
-    log.info("stopped")
 
 
 async def _reload_on_sighup(
