@@ -96,7 +96,7 @@ def test_listening_beyond_loopback_is_warned(caplog: pytest.LogCaptureFixture) -
     from kmsplug.ops_http import is_loopback, listen
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")  # noqa: S104
     with caplog.at_level(logging.WARNING, logger="kmsplug.ops_http"):
         listen("127.0.0.1", 0).close()
         assert caplog.records == []
