@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from ports import free_port
+from ports import PortTaken, free_port, port_taken, retry_port_clash
 
 from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
@@ -162,8 +162,15 @@ class PeerPlugin:
         }
 
     def start(self, timeout: float = 20.0) -> PeerPlugin:
+        """Start on a health port picked free; again on another if it was taken meanwhile."""
         executable = self.executable or binary(self.kind)
         self.health_port = free_port()
+        return retry_port_clash(lambda: self._start_once(executable, timeout), self._repick)
+
+    def _repick(self) -> None:
+        self.health_port = free_port()
+
+    def _start_once(self, executable: Path, timeout: float) -> PeerPlugin:
         self.tmp.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -173,6 +180,8 @@ class PeerPlugin:
         last = "no answer yet"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if port_taken(self.log.read_text()):
+                    raise PortTaken(f"health port {self.health_port} taken")
                 raise RuntimeError(f"{self.kind} exited: {self.log.read_text()[-800:]}")
             if self.socket.exists():
                 try:
