@@ -7,6 +7,7 @@ length, garbage). Each refusal is counted in kmsplug_requests_total and logs no 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import urllib.request
 from pathlib import Path
@@ -59,6 +60,16 @@ def requests_total(plugin: PluginProcess, **labels: str) -> float:
     )
 
 
+async def settled_requests_total(plugin: PluginProcess, expected: float, **labels: str) -> float:
+    """requests_total once it reaches `expected`, or its value after 5 s."""
+    for _ in range(50):
+        value = requests_total(plugin, **labels)
+        if value >= expected:
+            return value
+        await asyncio.sleep(0.1)
+    return requests_total(plugin, **labels)
+
+
 async def call_raw(plugin: PluginProcess, method: str, body: bytes) -> grpc.aio.AioRpcError:
     """Send `body` as the request of `method`; return the error it must end in."""
     async with grpc.aio.insecure_channel(
@@ -80,8 +91,10 @@ async def test_undecodable_requests_are_invalid_argument_counted_and_not_errors(
             grpc.StatusCode.INVALID_ARGUMENT,
             "malformed request",
         ), method
-    refused = requests_total(plugin, code="INVALID_ARGUMENT")
-    assert refused == len(MALFORMED)
+    # The count moves just after the caller sees its status: wait for it, briefly.
+    assert await settled_requests_total(plugin, len(MALFORMED), code="INVALID_ARGUMENT") == len(
+        MALFORMED
+    )
     async with KmsClient(plugin.endpoint) as client:  # still serving
         dek = secrets.token_bytes(32)
         sealed = await client.v2_encrypt(dek)
