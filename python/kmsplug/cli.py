@@ -17,6 +17,7 @@ import click
 
 from kmsplug import __version__
 from kmsplug.cluster.agreement import key_agreement, requires_key_agreement
+from kmsplug.conformance.command import conformance
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError, KmsplugError, MissingExtra
 from kmsplug.extras import require
@@ -881,3 +882,6 @@ def bench(
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
     sys.exit(1 if any(r.errors for r in results) else 0)
+
+
+main.add_command(conformance)

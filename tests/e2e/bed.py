@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1] / "python"), str(HERE.parent)]
 
 from pki import EtcdPki, make_etcd_pki  # noqa: E402
-from ports import free_port  # noqa: E402
+from ports import PortTaken, free_port, port_taken, retry_port_clash  # noqa: E402
 
 from kmsplug.cluster.etcd import EtcdReader, EtcdTls  # noqa: E402
 
@@ -171,13 +171,14 @@ def https_get(url: str, token: str, timeout: float = 5.0) -> tuple[int, str]:
 def wait_until(
     ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, pause: float
 ) -> bool:
-    """Poll `ready` until it holds (True), the process exits or `timeout` passes (False)."""
+    """Poll `ready` until it holds while `proc` runs (True: not another server that took
+    its port), or until the process exits or `timeout` passes (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ready():
-            return True
         if proc.poll() is not None:
             return False
+        if ready() and proc.poll() is None:
+            return True
         time.sleep(pause)
     return False
 
@@ -191,10 +192,17 @@ def etcd_answers(url: str, tls: EtcdTls | None) -> bool:
     return True
 
 
-def start_logged(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start `args` with stdout and stderr appended to `log_path`."""
+def start_logged(args: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `args` with stdout and stderr appended to `log_path`; the process and where
+    its output begins in the log."""
+    log_start = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT), log_start
+
+
+def said_port_taken(log_path: Path, log_start: int) -> bool:
+    """Whether the process logging from `log_start` on could not bind its port."""
+    return port_taken(log_path.read_bytes()[log_start:].decode(errors="replace"))
 
 
 @dataclass
@@ -251,7 +259,7 @@ class ClusterBed:
         self.feature_gates = feature_gates
         self.extra_args = extra_args
         try:
-            self._start_etcd()
+            retry_port_clash(self._start_etcd, self._new_etcd_ports)
             self._write_credentials()
             self.start_apiserver(timeout=timeout)
         except BaseException:  # Ctrl-C or a failed start: leave no process behind
@@ -259,10 +267,16 @@ class ClusterBed:
             raise
         return self
 
+    def _new_etcd_ports(self) -> None:
+        self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        # the failed start may have written its member (with the old peer URL) already
+        shutil.rmtree(self.workdir / "etcd-data", ignore_errors=True)
+
     def _start_etcd(self) -> None:
         etcd = str(etcd_binary())
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
-        self.etcd = start_logged(
+        log_path = self.workdir / "etcd.log"
+        self.etcd, log_start = start_logged(
             [
                 etcd,
                 "--name=bed",
@@ -275,11 +289,15 @@ class ClusterBed:
                 "--log-level=warn",
                 *self._etcd_tls_flags(),
             ],
-            self.workdir / "etcd.log",
+            log_path,
         )
         if wait_until(lambda: etcd_answers(self.etcd_url, self.etcd_tls), self.etcd, 30, 0.1):
             return
-        raise RuntimeError(f"etcd did not start:\n{log_tail(self.workdir / 'etcd.log')}")
+        end_process(self.etcd)
+        self.etcd = None
+        if said_port_taken(log_path, log_start):
+            raise PortTaken(f"etcd's ports {self.etcd_port}/{self.etcd_peer_port} were taken")
+        raise RuntimeError(f"etcd did not start:\n{log_tail(log_path)}")
 
     def _etcd_tls_flags(self) -> list[str]:
         pki = self.etcd_pki
@@ -306,12 +324,24 @@ class ClusterBed:
     def _write_credentials(self) -> None:
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
         service_account_keys(self.workdir)
+        self._write_kubeconfig()
+
+    def _write_kubeconfig(self) -> None:
         # the apiserver writes its self-signed certificate (its own CA) into certs/ at start
         write_kubeconfig(
             self.kubeconfig, self.server_url, self.workdir / "certs" / "apiserver.crt", self.token
         )
 
     def start_apiserver(self, timeout: float = 120.0) -> None:
+        """Start kube-apiserver; on a port another process took meanwhile (a restart keeps
+        its port), again on a new one, with the kubeconfig rewritten."""
+        retry_port_clash(lambda: self._start_apiserver_once(timeout), self._new_apiserver_port)
+
+    def _new_apiserver_port(self) -> None:
+        self.apiserver_port = free_port()
+        self._write_kubeconfig()
+
+    def _start_apiserver_once(self, timeout: float) -> None:
         assert self.encryption_config is not None
         args = apiserver_args(
             port=self.apiserver_port,
@@ -322,7 +352,8 @@ class ClusterBed:
             feature_gates=self.feature_gates,
             extra_args=self.extra_args,
         )
-        self.apiserver = start_logged(args, self.workdir / "apiserver.log")
+        log_path = self.workdir / "apiserver.log"
+        self.apiserver, log_start = start_logged(args, log_path)
         try:
             if wait_until(lambda: self.get("/readyz")[0] == 200, self.apiserver, timeout, 0.25):
                 return
@@ -330,9 +361,9 @@ class ClusterBed:
             self.stop_apiserver()
             raise
         self.stop_apiserver()
-        raise RuntimeError(
-            f"kube-apiserver did not get ready:\n{log_tail(self.workdir / 'apiserver.log')}"
-        )
+        if said_port_taken(log_path, log_start):
+            raise PortTaken(f"the apiserver's port {self.apiserver_port} was taken")
+        raise RuntimeError(f"kube-apiserver did not get ready:\n{log_tail(log_path)}")
 
     def stop_apiserver(self) -> None:
         end_process(self.apiserver)

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1] / "python"), str(HERE.parent), str(HERE)]
 
 from pki import CLIENT_ONLY, SERVER_AND_CLIENT, CertificateAuthority  # noqa: E402
-from ports import free_port  # noqa: E402
+from ports import PortTaken, free_port, retry_port_clash  # noqa: E402
 
 from kmsplug.cluster.etcd import EtcdReader, EtcdTls  # noqa: E402
 from kmsplug.encryption_config import encryption_configuration  # noqa: E402
@@ -59,6 +59,7 @@ from bed import (  # noqa: E402
     etcd_binary,
     https_get,
     log_tail,
+    said_port_taken,
     service_account_keys,
     start_logged,
     wait_until,
@@ -71,8 +72,6 @@ from plugin_process import PluginProcess  # noqa: E402
 NODE_NAMES = ("a", "b", "c")
 V2_NAME = "kmsplug"
 V1_NAME = "kmsplug-v1"
-PORT_TAKEN = "address already in use"
-START_ATTEMPTS = 3
 
 # What the tests never use, off: less memory and CPU per apiserver. API groups stay on:
 # the apiserver's own post-start hooks and admission plugins list most of them.
@@ -84,10 +83,6 @@ TRIM_FLAGS = (
 )
 ETCD_QUOTA_BYTES = 1 << 30
 """1 GiB: room for 50,000 Secrets and their history until the apiserver compacts."""
-
-
-class PortTaken(RuntimeError):
-    """A process could not bind the port picked for it (another took it meanwhile)."""
 
 
 @functools.cache
@@ -107,13 +102,6 @@ def with_hostname(args: list[str], hostname: str) -> list[str]:
     if not can_set_hostname():
         return args
     return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *args]
-
-
-def _start_failure(log: Path, what: str) -> RuntimeError:
-    text = log_tail(log)
-    if PORT_TAKEN in text:
-        return PortTaken(f"{what}: {PORT_TAKEN}")
-    return RuntimeError(f"{what} did not start:\n{text}")
 
 
 # -- etcd ------------------------------------------------------------------------------
@@ -183,15 +171,9 @@ class EtcdCluster:
         ]
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start all three; a lost port restarts the cluster from scratch on new ones."""
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
-                self._start_once(timeout)
-                return
-            except PortTaken:
-                self.stop()
-                if attempt == START_ATTEMPTS:
-                    raise
+        """Start all three; a port lost to another process starts the cluster again from
+        scratch on new ones."""
+        retry_port_clash(lambda: self._start_once(timeout), self.stop)
 
     def _start_once(self, timeout: float) -> None:
         token = secrets.token_hex(8)
@@ -199,17 +181,23 @@ class EtcdCluster:
             member.client_port, member.peer_port = free_port(), free_port()
             shutil.rmtree(member.data_dir, ignore_errors=True)
         cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        log_starts = {}
         for member in self.members:
-            member.proc = start_logged(self._args(member, cluster, token), member.log)
+            member.proc, log_starts[member.name] = start_logged(
+                self._args(member, cluster, token), member.log
+            )
         for member in self.members:
             assert member.proc is not None
-            if not wait_until(
+            if wait_until(
                 lambda m=member: etcd_answers(m.client_url, self.tls()),  # type: ignore[misc]
                 member.proc,
                 timeout,
                 0.2,
             ):
-                raise _start_failure(member.log, f"etcd member {member.name}")
+                continue
+            if said_port_taken(member.log, log_starts[member.name]):
+                raise PortTaken(f"etcd member {member.name}: a port was taken")
+            raise RuntimeError(f"etcd member {member.name} did not start:\n{log_tail(member.log)}")
 
     def _args(self, member: EtcdMember, cluster: str, token: str) -> list[str]:
         ca = self.ca.cert_path
@@ -330,6 +318,7 @@ class Node:
     encryption_config: Path
     apiserver_port: int = 0
     apiserver: subprocess.Popen[bytes] | None = None
+    _log_start: int = 0
 
     @property
     def hostname(self) -> str:
@@ -368,27 +357,36 @@ class Node:
             ),
         )
         write_kubeconfig(self.kubeconfig, self.server_url, ca.cert_path, self.settings.token)
-        self.apiserver = start_logged(with_hostname(args, self.hostname), self.apiserver_log)
+        launched = with_hostname(args, self.hostname)
+        self.apiserver, self._log_start = start_logged(launched, self.apiserver_log)
 
     def await_apiserver(self, timeout: float, ready_path: str = "/readyz") -> None:
-        """Wait for `ready_path` to answer 200; a port lost to another process is retried
-        on a new one."""
-        for attempt in range(1, START_ATTEMPTS + 1):
-            assert self.apiserver is not None
-            mark = self.apiserver_log.stat().st_size
-            if wait_until(lambda: self.get(ready_path)[0] == 200, self.apiserver, timeout, 0.25):
-                return
-            self.stop_apiserver()
-            with self.apiserver_log.open("rb") as log:
-                log.seek(mark)
-                lost_port = PORT_TAKEN in log.read().decode(errors="replace")
-            if not lost_port or attempt == START_ATTEMPTS:
-                raise _start_failure(self.apiserver_log, f"kube-apiserver of node {self.name}")
-            self.launch_apiserver()
+        """Wait for `ready_path` to answer 200; a port lost to another process meanwhile
+        starts it again on a new one."""
+        try:
+            self._await_once(timeout, ready_path)
+        except PortTaken:
+            self.start_apiserver(timeout, ready_path)
+
+    def _await_once(self, timeout: float, ready_path: str) -> None:
+        assert self.apiserver is not None
+        if wait_until(lambda: self.get(ready_path)[0] == 200, self.apiserver, timeout, 0.25):
+            return
+        self.stop_apiserver()
+        if said_port_taken(self.apiserver_log, self._log_start):
+            raise PortTaken(f"node {self.name}: the apiserver's port was taken")
+        raise RuntimeError(
+            f"kube-apiserver of node {self.name} did not get ready:\n{log_tail(self.apiserver_log)}"
+        )
 
     def start_apiserver(self, timeout: float = 180.0, ready_path: str = "/readyz") -> None:
-        self.launch_apiserver()
-        self.await_apiserver(timeout, ready_path)
+        """Start on a free port and wait; each retry after a lost port picks a new one."""
+
+        def once() -> None:
+            self.launch_apiserver()
+            self._await_once(timeout, ready_path)
+
+        retry_port_clash(once, lambda: None)
 
     def stop_apiserver(self) -> None:
         end_process(self.apiserver)
