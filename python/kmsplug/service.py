@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from kmsplug.envelope import Envelope, RotationPolicy
-from kmsplug.errors import ProviderUnavailable
+from kmsplug.errors import KeyRevoked, ProviderUnavailable
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("kmsplug.audit")
@@ -47,6 +47,8 @@ class HealthState:
     healthz: str = "starting"
     checked_at: float = 0.0
     consecutive_failures: int = 0
+    revoked: str = ""
+    """Why the KMS refuses the write key ('' unless it said disabled or pending deletion)."""
 
 
 class KeyService:
@@ -69,6 +71,8 @@ class KeyService:
         self._refresh_interval = refresh_interval
 
     async def encrypt(self, plaintext: bytes) -> EncryptResult:
+        if self.health.revoked:  # no new data may come to depend on a revoked key
+            raise KeyRevoked(self.health.revoked)
         ciphertext, key_id = await self.envelope.seal(plaintext)
         return EncryptResult(ciphertext, key_id)
 
@@ -83,6 +87,15 @@ class KeyService:
 
     def status(self) -> StatusResult:
         return StatusResult(self.health.healthz, self.envelope.key_id)
+
+    def apiserver_status(self) -> StatusResult:
+        """What the apiserver's Status poll gets: the status, or KeyRevoked while the KMS
+        refuses the write key. A failing Status is the only way to stop KMS v2 writes: the
+        apiserver keeps sealing with its cached seed while Status names the same key_id,
+        and stops once its last good Status is 3 minutes old."""
+        if self.health.revoked:
+            raise KeyRevoked(self.health.revoked)
+        return self.status()
 
     async def start(self) -> None:
         """Check the key, make the first local KEK and the first health verdict."""
@@ -108,12 +121,26 @@ class KeyService:
                 await self.envelope.writer.health()
         except Exception as exc:  # any failure makes the verdict unhealthy
             state.consecutive_failures += 1
-            state.healthz = f"{self.envelope.writer.kind} KEK unavailable: {type(exc).__name__}"
+            kind = self.envelope.writer.kind
+            state.healthz = f"{kind} KEK unavailable: {type(exc).__name__}"
             log.warning("health probe failed", extra={"error": type(exc).__name__})
+            if isinstance(exc, KeyRevoked):
+                state.healthz = f"{kind} key disabled or pending deletion: writes refused"
+                self._mark_revoked(str(exc))
         else:
             state.consecutive_failures = 0
             state.healthz = HEALTHY
+            self._mark_revoked("")
         state.checked_at = time.monotonic()
+
+    def _mark_revoked(self, reason: str) -> None:
+        """Record the KMS's verdict on the write key (a reason, or '' once it is usable)."""
+        if bool(reason) != bool(self.health.revoked):
+            message = "write key revoked: sealing stopped" if reason else "write key usable again"
+            log.warning(message)
+            audit.info(message, extra={"event": "revoked" if reason else "restored",
+                                       "key_id": self.envelope.key_id})  # fmt: skip
+        self.health.revoked = reason
 
     async def run_background(self) -> None:
         """Probe health and rotate local KEKs on schedule, until cancelled."""

@@ -24,6 +24,7 @@ import anyio
 from kmsplug.errors import (
     ConfigError,
     InvalidCiphertext,
+    KeyRevoked,
     KmsplugError,
     ProviderRefused,
     ProviderThrottled,
@@ -105,7 +106,7 @@ def classify_error(
     if code.startswith(("Forbidden.KeyNotFound", "EntityNotExist")):
         return ProviderRefused(f"key not found: check --key-id and the region {where}")
     if "KeyState" in code or "Disabled" in code or "PendingDeletion" in code:
-        return ProviderRefused(f"key is disabled or pending deletion: re-enable it {where}")
+        return KeyRevoked(f"key is disabled or pending deletion: re-enable it {where}")
     if code.startswith(("InvalidAccessKeyId", "SignatureDoesNotMatch", "IncompleteSignature")):
         return ProviderRefused(f"credentials rejected: check the AccessKey {where}")
     if code.startswith("InvalidSecurityToken"):
