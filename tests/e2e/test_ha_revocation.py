@@ -92,6 +92,19 @@ def test_a_revoked_key_stops_writes_and_keeps_reads(ha: HaBed) -> None:
         + f" after the key was disabled; v2 refusal: {message[:400]}"
     )
     everything_reads_back(ha, written)
+    # an apiserver restarted now reads v1 (its plugin opens DEKs with the KEKs it holds),
+    # but no v2 data: kube-apiserver needs one Status and one Encrypt before it reads any
+    restarted = ha.nodes[-1]
+    restarted.stop_apiserver()
+    restarted.start_apiserver(ready_path="/livez")
+    v1_made = written[("a", "configmaps")]
+    assert read_values(restarted, "configmaps", list(v1_made)) == v1_made
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException) as unreadable:
+        read_values(restarted, "secrets", list(written[("a", "secrets")]))
+    body = str(unreadable.value.body or "")
+    print(f"HA revocation: v2 read through a restarted apiserver: {body[:300]}")
 
     # re-enabled: writes come back by themselves
     ha.fake.set_key_state(ha.shared_kms.cmk, "Enabled")
