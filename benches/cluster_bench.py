@@ -49,7 +49,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / 
 
 from apiserver_load import ListFailed, SecretLoad  # noqa: E402
 
-from kmsplug.bench import Plan, run  # noqa: E402
+from kmsplug.bench.engine import Plan, run  # noqa: E402
 from kmsplug.encryption_config import encryption_configuration  # noqa: E402
 from kmsplug.endpoint import Endpoint  # noqa: E402
 

@@ -223,7 +223,7 @@ def targets(
 
 def write_plots(results: Row, directory: Path) -> list[Path]:
     """create-latency CDF per case, cold LIST bars, plugin throughput vs concurrency."""
-    from kmsplug.bench_plots import latency_cdf, pyplot, save
+    from kmsplug.bench.plots import latency_cdf, pyplot, save
 
     delays = sorted({r["delay_ms"] for r in results["cases"] if r["delay_ms"] is not None})
     first = delays[0] if delays else None

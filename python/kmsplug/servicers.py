@@ -19,7 +19,7 @@ from kmsplug._proto.v1beta1 import api_pb2 as v1
 from kmsplug._proto.v1beta1 import api_pb2_grpc as v1_grpc
 from kmsplug._proto.v2 import api_pb2 as v2
 from kmsplug._proto.v2 import api_pb2_grpc as v2_grpc
-from kmsplug.envelope import V1_MAX_CIPHERTEXT, V2_MAX_CIPHERTEXT
+from kmsplug.core import V1_MAX_CIPHERTEXT, V2_MAX_CIPHERTEXT
 from kmsplug.errors import (
     InvalidCiphertext,
     KmsplugError,

@@ -140,7 +140,7 @@ def render_daemonset(chart: Path, *values: str) -> dict[str, Any]:
 def render_vault(chart: Path, tmp: Path) -> dict[str, Any]:
     """The chart for Vault: settings become flags `kmsplug serve` accepts, the token file
     comes from a mounted Secret, extra volumes are mounted."""
-    from kmsplug.cli import serve
+    from kmsplug.cli.serve import serve
 
     values = tmp / "vault-values.yaml"
     values.write_text(
