@@ -9,7 +9,7 @@ RUN_DIR := .run
 
 .PHONY: help
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +36,14 @@ run: build ## Serve on the embedded local key (socket and key under .run/)
 	$(VENV)/bin/kmsplug serve --socket unix://$(abspath $(RUN_DIR))/kmsplug.sock \
 		--key-file $(abspath $(RUN_DIR))/local.key
 
-.PHONY: e2e-deps
-e2e-deps: ## Check Go, install SoftHSM; build etcd, kube-apiserver, helm, local-kms (cached by version)
+.PHONY: test-deps
+test-deps: ## Check Go, install SoftHSM, build local-kms (cached by version): the Python tests' KMSes
 	tests/e2e/install-deps.sh
 	bash tests/hsm/install-deps.sh
 	bash tests/aws/build-local-kms.sh
+
+.PHONY: e2e-deps
+e2e-deps: test-deps ## Also build etcd, kube-apiserver, helm (cached by version)
 	tests/e2e/build-etcd.sh
 	tests/e2e/build-apiserver.sh
 	tests/e2e/build-helm.sh
@@ -52,10 +55,20 @@ fuzz-deps: ## Install cargo-fuzz when a nightly toolchain is present (it needs o
 	else echo "no nightly toolchain: cargo-fuzz targets will be skipped"; fi
 
 .PHONY: test
-test: build e2e-deps fuzz-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd)
+test: test-rust test-python test-e2e ## Every test: Rust, Python, real kube-apiserver + etcd
+
+.PHONY: test-rust
+test-rust: ## Rust: unit, proptest and golden-vector tests of both crates
 	cargo test --workspace --release --quiet
+
+.PHONY: test-python
+test-python: build test-deps fuzz-deps ## Python: all but tests/e2e (PYTEST_ARGS='-m "not packaging"': no wheel)
 	$(PY) -m pytest benches --benchmark-disable -q -p no:cacheprovider  # the benchmarks still run
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/e2e $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: build e2e-deps ## tests/e2e: a real kube-apiserver and etcd encrypting through kmsplug
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 .PHONY: cluster
 cluster: build e2e-deps ## Real etcd + kube-apiserver using `make run`'s socket (run that first)
