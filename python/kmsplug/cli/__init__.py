@@ -1,4 +1,4 @@
-"""The `kmsplug` command: serve, health, config, verify, migrate, bench.
+"""The `kmsplug` command: serve, health, config, verify, migrate, bench, conformance.
 
 Every flag has an environment-variable twin (shown in --help) and a config-file key, so a
 static-pod manifest can configure kmsplug either way (cli.settings). `ack-kms-plugin` is
@@ -24,6 +24,7 @@ COMMANDS = {
     "verify": "kmsplug.cli.cluster:verify",
     "migrate": "kmsplug.cli.cluster:migrate",
     "bench": "kmsplug.cli.bench:bench",
+    "conformance": "kmsplug.conformance.command:conformance",
 }
 
 

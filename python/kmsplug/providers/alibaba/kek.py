@@ -34,6 +34,7 @@ from kmsplug.providers.shared import WorkerThreads, note_call
 log = logging.getLogger(__name__)
 
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/]+={0,2}$")
+_KEY_VERSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")  # a KeyVersionId (UUID) or "unknown"
 
 
 def _describe(exc: Exception) -> tuple[str, int, str]:
@@ -117,7 +118,10 @@ class AlibabaKek(KekProvider):
         return f"alibaba:{self.cmk_id}:{self.key_version or 'unknown'}"
 
     def owns(self, key_id: str) -> bool:
-        return key_id.startswith(f"alibaba:{self.cmk_id}:") or key_id in (
+        # A KeyVersionId (a UUID) or "unknown" after our prefix: a stray suffix is a
+        # key_id we never issued.
+        version = key_id.removeprefix(f"alibaba:{self.cmk_id}:")
+        return (version != key_id and bool(_KEY_VERSION_ID.fullmatch(version))) or key_id in (
             self.settings.key,
             *self.settings.legacy_key_ids,
         )
@@ -210,7 +214,13 @@ class AlibabaKek(KekProvider):
             raise ProviderTransient("KMS Decrypt returned malformed plaintext") from None
 
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
-        """Decrypt what ack-kms-plugin stored: its CiphertextBlob, with no context."""
+        """Decrypt a bare CiphertextBlob: ack-kms-plugin's (no context), or our own from
+        direct mode (our context): nothing in the blob tells the two apart."""
+        if self._context:
+            try:
+                return await self.unwrap(ciphertext)
+            except InvalidCiphertext:
+                pass  # not ours: ack-kms-plugin's, without a context
         from alibabacloud_kms20160120 import models
 
         request = models.DecryptRequest(ciphertext_blob=ciphertext.decode("ascii"))

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 #: Transit ciphertext: what wrap returns and what vault-kubernetes-kms stored.
 _TRANSIT_TEXT = re.compile(rb"vault:v([0-9]{1,10}):[A-Za-z0-9+/]+={0,2}")
 _VERSION_NUMBER = re.compile(r"[0-9]{1,10}")
+_OUR_VERSION = re.compile(r"v[0-9]{1,10}|unknown")  # the version part of our key_ids
 
 
 def looks_like_transit_ciphertext(ciphertext: bytes) -> bool:
@@ -80,7 +81,9 @@ class VaultKek(KekProvider):
         return self.settings.key_id_prefix + version
 
     def owns(self, key_id: str) -> bool:
-        if key_id.startswith(self.settings.key_id_prefix):
+        # Only the forms key_id produces: a stray suffix is a key_id we never issued.
+        version = key_id.removeprefix(self.settings.key_id_prefix)
+        if version != key_id and _OUR_VERSION.fullmatch(version):
             return True
         if key_id in self.settings.legacy_key_ids:
             return True
