@@ -5,7 +5,7 @@
 //! core error or a Python one; `?` turns either into it, and the binding turns it into the
 //! exception, so no call site spells out a conversion.
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::PyErr;
 
 pyo3::import_exception!(kmsplug.errors, InvalidCiphertext);
@@ -14,6 +14,7 @@ pyo3::import_exception!(kmsplug.errors, KekNotCached);
 pyo3::import_exception!(kmsplug.errors, PlaintextTooLarge);
 pyo3::import_exception!(kmsplug.errors, NeedsRotation);
 pyo3::import_exception!(kmsplug.errors, KeyFileError);
+pyo3::import_exception!(kmsplug.errors, InvalidInput);
 
 /// An error on its way to Python.
 #[derive(Debug)]
@@ -58,7 +59,7 @@ impl From<Error> for PyErr {
             Core::PlaintextTooLarge => PlaintextTooLarge::new_err(message),
             Core::NeedsRotation(_) => NeedsRotation::new_err(message),
             Core::KeyFile { .. } => KeyFileError::new_err(message),
-            Core::InvalidInput(_) => PyValueError::new_err(message),
+            Core::InvalidInput(_) => InvalidInput::new_err(message),
             Core::Internal(_) => PyRuntimeError::new_err(message),
         }
     }

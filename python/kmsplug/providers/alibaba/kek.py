@@ -129,6 +129,11 @@ class AlibabaKek(KekProvider):
     def claims_legacy(self, ciphertext: bytes) -> bool:
         return looks_like_ack_ciphertext(ciphertext)
 
+    def legacy_ignores_key_id(self) -> bool:
+        # ack reports --key-id verbatim as key_id and ignores it on Decrypt; a cluster whose
+        # --key-id changed (a CMK id, later an alias) stores objects under each string.
+        return True
+
     # -- KMS calls -----------------------------------------------------------------------
 
     async def _run(self, call: Callable[[], Any], *, decrypting: bool = False) -> Any:
