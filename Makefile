@@ -50,6 +50,16 @@ e2e-deps: ## Check Go, install SoftHSM; build etcd, kube-apiserver, helm, local-
 	tests/e2e/build-apiserver.sh
 	tests/e2e/build-helm.sh
 
+.PHONY: image
+image: build ## kmsplug's container image with podman, no registry (base from Debian packages)
+	deploy/image/build-image.sh
+
+.PHONY: node-deps
+node-deps: build e2e-deps ## podman, containerd (apt); kubelet, crictl (Go, cached); the image
+	@if [ "$$KMSPLUG_SKIP_NODE" = 1 ]; then echo "KMSPLUG_SKIP_NODE=1: node tests skipped"; else \
+		tests/node/install-deps.sh && tests/node/build-node-tools.sh >/dev/null && \
+		{ ! command -v podman >/dev/null || deploy/image/build-image.sh; }; fi
+
 .PHONY: fuzz-deps
 fuzz-deps: ## Install cargo-fuzz when a nightly toolchain is present (it needs one)
 	@if rustup run nightly rustc --version >/dev/null 2>&1; then \
@@ -57,7 +67,7 @@ fuzz-deps: ## Install cargo-fuzz when a nightly toolchain is present (it needs o
 	else echo "no nightly toolchain: cargo-fuzz targets will be skipped"; fi
 
 .PHONY: test
-test: build e2e-deps fuzz-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd)
+test: build e2e-deps fuzz-deps node-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd, a real node)
 	cargo test --workspace --release --quiet
 	$(PY) -m pytest benches --benchmark-disable -q -p no:cacheprovider  # the benchmarks still run
 	$(PY) -m pytest tests
