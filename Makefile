@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 RUN_DIR := .run
-PROTO_OUT := python/kmsplug/_proto
-PROTOS := proto/v1beta1/api.proto proto/v2/api.proto proto/v2/encrypted_object.proto
 
 .DEFAULT_GOAL := help
 
@@ -22,16 +20,13 @@ $(VENV)/.installed: requirements-dev.txt
 .PHONY: install
 install: $(VENV)/.installed ## Create .venv with pinned tools
 
-$(PROTO_OUT)/.stamp: $(PROTOS) $(VENV)/.installed
-	$(PY) -m grpc_tools.protoc -Ikmsplug/_proto=proto --python_out=python --pyi_out=python \
-		--grpc_python_out=python $(PROTOS)
-	touch $@
-
+# The generated modules are committed (every wheel ships them); a test checks they match.
 .PHONY: proto
-proto: $(PROTO_OUT)/.stamp ## Generate the protobuf/gRPC modules
+proto: $(VENV)/.installed ## Regenerate python/kmsplug/_proto from proto/ (after editing a .proto)
+	$(PY) proto/generate.py python
 
 .PHONY: build
-build: $(VENV)/.installed proto ## Build the Rust extension into .venv (release)
+build: $(VENV)/.installed ## Build the Rust extension into .venv (release)
 	set -o pipefail; VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet \
 		2>&1 | { grep -v "Requirement already satisfied" || true; }
 
@@ -121,4 +116,4 @@ bench-cluster: build e2e-deps ## kube-apiserver latency per provider, kmsplug vs
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)
 	cargo clean
-	rm -rf $(PROTO_OUT)/v1beta1 $(PROTO_OUT)/v2 $(PROTO_OUT)/.stamp .pytest_cache .mypy_cache
+	rm -rf .pytest_cache .mypy_cache

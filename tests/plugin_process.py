@@ -24,13 +24,13 @@ class PluginProcess:
     args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     env: dict[str, str] | None = None  # extra environment (provider settings)
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "kmsplug"])
+    """The `kmsplug` command to run (another install's console script, say)."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> PluginProcess:
         command = [
-            sys.executable,
-            "-m",
-            "kmsplug",
+            *self.program,
             "serve",
             "--socket",
             self.endpoint.url,

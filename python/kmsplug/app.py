@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from kmsplug.encryption_config import encryption_configuration, to_yaml
 from kmsplug.envelope import Envelope, RotationPolicy
 from kmsplug.errors import ConfigError
+from kmsplug.extras import require
 from kmsplug.providers.base import RemoteKek
 from kmsplug.providers.local import LocalKek
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
@@ -45,6 +46,13 @@ def build_service(
 PROVIDERS = ("local", "alibaba", "vault", "pkcs11", "aws")
 
 
+def require_extras(names: Sequence[str]) -> None:
+    """MissingExtra, naming the pip command, unless every named provider's SDK is there."""
+    for name in names:
+        if name != "local":
+            require(name, f"the {name} provider")
+
+
 def make_provider(
     name: str,
     env: Mapping[str, str],
@@ -60,6 +68,8 @@ def make_provider(
     """
     if name == "local":
         return None
+    if name in PROVIDERS:
+        require_extras([name])
     if name == "alibaba":
         if alibaba is None:
             raise ConfigError("alibaba: --key-id and --region are required")
@@ -85,6 +95,7 @@ def alibaba_provider(
     resilience: ResiliencePolicy | None = None,
 ) -> RemoteKek:
     """The Alibaba KMS provider behind the resilience layer, credentials from `env`."""
+    require("alibaba", "the alibaba provider")
     from kmsplug.providers.alibaba import AlibabaKek
     from kmsplug.providers.alibaba_credentials import credential_source, kms_client
 

@@ -17,7 +17,8 @@ import click
 
 from kmsplug import __version__
 from kmsplug.endpoint import Endpoint
-from kmsplug.errors import ConfigError, KmsplugError
+from kmsplug.errors import ConfigError, KmsplugError, MissingExtra
+from kmsplug.extras import require
 from kmsplug.provider_options import (
     PROVIDER_SETTING_NAMES,
     provider_environment,
@@ -132,7 +133,16 @@ socket_option = option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except MissingExtra as exc:  # one line naming the pip command, not a traceback
+            click.echo(f"kmsplug: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kmsplug")
 def main() -> None:
     """kmsplug: a Kubernetes KMS plugin (KMS v1beta1 and v2 on one socket)."""
@@ -374,10 +384,11 @@ def serve(
         raise RuntimeError(f"serve does not handle the options {sorted(unexpected)}")
 
     from kmsplug import log
-    from kmsplug.app import build_service, make_provider, print_ready
+    from kmsplug.app import build_service, make_provider, print_ready, require_extras
     from kmsplug.envelope import RotationPolicy
     from kmsplug.server import ServerSettings, serve
 
+    require_extras([provider, *decrypt_providers])
     del enable_kms_v1  # v1 is on by default; --disable-v1 turns it off
     if gloglevel is not None:
         log_level = "debug" if gloglevel > 0 else "info"
@@ -649,6 +660,7 @@ def migrate(
     dry_run: bool,
 ) -> None:
     """Rewrite objects so they are stored with the current provider and key_id."""
+    require("cluster", "kmsplug migrate")
     from tqdm import tqdm
 
     from kmsplug.cluster.migrate import MigrationState, Migrator
@@ -823,6 +835,9 @@ def bench(
     """Load any KMS plugin socket the way kube-apiserver does; report req/s and latency."""
     import json
 
+    require("bench", "kmsplug bench", ("tqdm",))
+    if plot_dir is not None:
+        require("bench", "kmsplug bench --plot-dir", ("matplotlib",))
     from tqdm import tqdm
 
     from kmsplug.bench import Plan, RemoteCounter, run, table

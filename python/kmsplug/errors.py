@@ -52,6 +52,11 @@ class ConfigError(KmsplugError):
     """A setting is invalid; the message names the setting."""
 
 
+class MissingExtra(ConfigError):
+    """A part of kmsplug was asked for whose pip extra is not installed; the message
+    names the pip command that installs it."""
+
+
 class ProviderThrottled(ProviderUnavailable):
     """The remote KMS refused for quota (Alibaba Rejected.Throttling, AWS ThrottlingException)."""
 

@@ -44,6 +44,7 @@ from kmsplug.errors import (
     ProviderThrottled,
     ProviderTransient,
 )
+from kmsplug.extras import require
 from kmsplug.providers.base import RemoteKek
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient, note_call
 
@@ -328,11 +329,9 @@ def aws_settings_from_env(env: Mapping[str, str]) -> AwsSettings:
 
 def make_client(settings: AwsSettings, env: Mapping[str, str], *, pool_size: int = 16) -> Any:
     """A boto3 KMS client: default credential chain, no botocore retries, pool = threads."""
-    try:
-        boto3 = importlib.import_module("boto3")
-        botocore_config = importlib.import_module("botocore.config")
-    except ImportError:
-        raise ConfigError("aws: the aws provider needs boto3 (pip install boto3)") from None
+    require("aws", "the aws provider")
+    boto3 = importlib.import_module("boto3")
+    botocore_config = importlib.import_module("botocore.config")
     # Keys given in `env` win; otherwise boto3's chain (which also reads os.environ).
     session = boto3.session.Session(
         aws_access_key_id=_env(env, "AWS_ACCESS_KEY_ID") or None,

@@ -1,0 +1,1 @@
+"""Generated from proto/v1beta1 (see kmsplug._proto)."""

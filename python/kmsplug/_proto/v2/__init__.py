@@ -1,0 +1,1 @@
+"""Generated from proto/v2 (see kmsplug._proto)."""
