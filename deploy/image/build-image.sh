@@ -6,7 +6,8 @@
 #      versions requirements-dev.txt pins (the ones the tests ran), into dist/image/wheels;
 #   3. podman build -f deploy/Dockerfile dist/image.
 # Prints the image name (localhost/kmsplug:VERSION) on its last line.
-# KMSPLUG_IMAGE_EXTRAS: the extras to install (comma-separated).
+# KMSPLUG_IMAGE_EXTRAS: the extras to install, comma-separated (default: every KMS
+# provider; none of the admin tools, [cluster] and [bench], which run off the node).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -22,7 +23,7 @@ mkdir -p "$context/wheels"
 .venv/bin/maturin build --release --quiet --out "$context/kmsplug" >&2
 wheel=$(ls "$context"/kmsplug/kmsplug-*.whl)
 version=$(basename "$wheel" | cut -d- -f2)
-extras=${KMSPLUG_IMAGE_EXTRAS-}
+extras=${KMSPLUG_IMAGE_EXTRAS-alibaba,aws,vault,pkcs11}
 requirement="$wheel${extras:+[$extras]}"
 # Wheels only from PyPI (nothing compiles in the image); sdists are built here.
 "$py" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$context/wheels" \

@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from containerd import PAUSE_IMAGE, remove_workdir
 from images import (
     apiserver_image,
     etcd_image,
@@ -29,8 +30,6 @@ from images import (
     pause_image,
 )
 from node import ControlPlaneNode, Images
-
-from containerd import PAUSE_IMAGE, remove_workdir
 
 HERE = Path(__file__).resolve().parent
 

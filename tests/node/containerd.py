@@ -113,7 +113,9 @@ class Containerd:
 
     # -- clients ---------------------------------------------------------------------
 
-    def ctr(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
             capture_output=True,
@@ -122,10 +124,20 @@ class Containerd:
             timeout=timeout,
         )
 
-    def crictl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def crictl(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(self.crictl_binary), "--runtime-endpoint", self.endpoint,
-             "--image-endpoint", self.endpoint, "--timeout", "30s", *args],
+            [
+                str(self.crictl_binary),
+                "--runtime-endpoint",
+                self.endpoint,
+                "--image-endpoint",
+                self.endpoint,
+                "--timeout",
+                "30s",
+                *args,
+            ],
             capture_output=True,
             text=True,
             check=check,

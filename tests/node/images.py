@@ -35,7 +35,9 @@ def podman_env() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": conf}
 
 
-def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["podman", *args],
         capture_output=True,

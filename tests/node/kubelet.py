@@ -45,8 +45,11 @@ def kubelet_config(workdir: Path, runtime_endpoint: str, healthz_port: int) -> d
         "makeIPTablesUtilChains": False,
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "0%",
-                         "imagefs.available": "0%"},
+        "evictionHard": {
+            "memory.available": "1Mi",
+            "nodefs.available": "0%",
+            "imagefs.available": "0%",
+        },
         "registerNode": True,
         "nodeStatusUpdateFrequency": "10s",
     }
@@ -107,7 +110,7 @@ class Kubelet:
 
         try:
             url = f"http://127.0.0.1:{self.healthz_port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return bool(response.status == 200)
         except OSError:
             return False

@@ -11,6 +11,7 @@ kubelet made under its own cgroup root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -26,7 +27,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[0] / "e2e"), str(HERE.parents[0])]
 
-from bed import _service_account_keys  # noqa: E402
 from containerd import Containerd, remove_workdir  # noqa: E402
 from kubelet import CGROUP_ROOT, Kubelet  # noqa: E402
 from pki import EtcdPki, make_etcd_pki  # noqa: E402
@@ -42,6 +42,8 @@ from static_pods import (  # noqa: E402
 )
 
 from kmsplug.cluster.etcd import EtcdReader, EtcdTls  # noqa: E402
+
+from bed import _service_account_keys  # noqa: E402
 
 CGROUPS = Path("/sys/fs/cgroup")
 
@@ -60,9 +62,7 @@ class ControlPlaneNode:
     crictl_binary: Path
     images: Images
     archives: list[Path]
-    ports: Ports = field(
-        default_factory=lambda: Ports(free_port(), free_port(), free_port())
-    )
+    ports: Ports = field(default_factory=lambda: Ports(free_port(), free_port(), free_port()))
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     containerd: Containerd | None = None
     kubelet: Kubelet | None = None
@@ -172,9 +172,7 @@ class ControlPlaneNode:
                         }
                     ],
                     "users": [{"name": "admin", "user": {"token": self.token}}],
-                    "contexts": [
-                        {"name": "node", "context": {"cluster": "node", "user": "admin"}}
-                    ],
+                    "contexts": [{"name": "node", "context": {"cluster": "node", "user": "admin"}}],
                     "current-context": "node",
                 }
             )
@@ -278,7 +276,6 @@ def _remove_cgroup_root() -> None:
 
 
 def _rmdir(directory: Path) -> None:
-    try:
+    # still in use (a leftover process): leave it rather than fail the teardown
+    with contextlib.suppress(OSError):
         directory.rmdir()
-    except OSError:
-        pass  # still in use (a leftover process): leave it rather than fail teardown

@@ -30,7 +30,9 @@ class Ports:
     apiserver: int
 
 
-def _host_path(name: str, path: Path, mount: str, *, read_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+def _host_path(
+    name: str, path: Path, mount: str, *, read_only: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
     volume = {"name": name, "hostPath": {"path": str(path), "type": "DirectoryOrCreate"}}
     mounted: dict[str, Any] = {"name": name, "mountPath": mount}
     if read_only:

@@ -24,7 +24,7 @@ from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
 from kmsplug.sockets import is_live
 
-pytestmark = pytest.mark.node
+pytestmark = [pytest.mark.node, pytest.mark.timeout(900)]  # node start-up counts
 
 PLUGIN_UID = 65532
 V2_PREFIX = b"k8s:enc:kms:v2:kmsplug:"
