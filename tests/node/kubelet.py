@@ -7,6 +7,13 @@ docs/operations.md, "A node without a registry"): cgroup v1 without systemd as P
 on loopback and under its own directories (root dir, pod logs, cgroup root), no server
 ports it does not need, no image garbage collection or disk eviction (the images are
 local and cannot be pulled again).
+
+The kubelet runs in a mount namespace of its own (unshare) where two things it would
+otherwise change on the host are files of ours: the kernel settings it insists on
+(vm.overcommit_memory=1, kernel.panic_on_oops=1, ...: it writes them unless they already
+read so, and they are global) and /var/log/containers (it links every container's log
+there). Its static pods mount only hostPaths, which need no kubelet-made mounts, so the
+private namespace changes nothing they see.
 """
 
 from __future__ import annotations
@@ -19,6 +26,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NODE_NAME = "kmsplug-node"
+# what the kubelet (pkg/kubelet/cm setupKernelTunables) wants these to read
+KERNEL_SETTINGS = {
+    "vm/overcommit_memory": "1",
+    "vm/panic_on_oom": "0",
+    "kernel/panic": "10",
+    "kernel/panic_on_oops": "1",
+    "kernel/keys/root_maxkeys": "1000000",
+    "kernel/keys/root_maxbytes": "25000000",
+}
+# in the kubelet's namespace: bind each "source target" pair, then exec the kubelet
+_PRIVATE_MOUNTS = """
+set -e
+while read -r source target; do
+  [ -e "$target" ] || mkdir -p "$target"
+  mount --bind "$source" "$target"
+done <"$0"
+exec "$@"
+"""
 CGROUP_ROOT = "/kmsplug-node"  # not /kubepods: never shares cgroups with another kubelet
 
 
@@ -82,13 +107,13 @@ class Kubelet:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
+                *self._private_mount_namespace(),
                 str(self.binary),
                 f"--config={config}",
                 f"--kubeconfig={self.kubeconfig}",
                 f"--root-dir={self.workdir / 'root'}",
                 f"--cert-dir={self.workdir / 'pki'}",
                 f"--hostname-override={NODE_NAME}",
-                "--node-ip=127.0.0.1",
                 "--v=2",
             ],
             stdout=log,
@@ -104,6 +129,24 @@ class Kubelet:
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"kubelet did not get healthy:\n{self.log_tail()}")
+
+    def _private_mount_namespace(self) -> list[str]:
+        """unshare + a shell that binds our files over the host's, then execs the kubelet
+        (same PID: signals sent to it reach the kubelet)."""
+        private = self.workdir / "private"
+        pairs = []
+        for name, value in KERNEL_SETTINGS.items():
+            source = private / name.replace("/", ".")
+            source.parent.mkdir(parents=True, exist_ok=True)
+            source.write_text(value + "\n")
+            pairs.append(f"{source} /proc/sys/{name}")
+        container_logs = private / "container-logs"
+        container_logs.mkdir(exist_ok=True)
+        pairs.append(f"{container_logs} /var/log/containers")
+        mounts = private / "mounts"
+        mounts.write_text("\n".join(pairs) + "\n")
+        return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c",
+                _PRIVATE_MOUNTS, str(mounts)]  # fmt: skip
 
     def healthy(self) -> bool:
         import urllib.request
