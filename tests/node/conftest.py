@@ -92,11 +92,8 @@ def node(image: str, node_tools: tuple[Path, Path]) -> Iterator[ControlPlaneNode
     workdir = Path(tempfile.mkdtemp(prefix="kmsplug-node-", dir="/tmp"))
     images = Images(kmsplug=image, etcd=etcd_image(), apiserver=apiserver_image())
     pause_image(PAUSE_IMAGE)
-    archives_dir = workdir / "archives"
-    archives_dir.mkdir()
     archives = [
-        oci_archive(name, archives_dir)
-        for name in (PAUSE_IMAGE, images.etcd, images.apiserver, images.kmsplug)
+        oci_archive(name) for name in (PAUSE_IMAGE, images.etcd, images.apiserver, images.kmsplug)
     ]
     kubelet, crictl = node_tools
     control_plane = ControlPlaneNode(workdir, kubelet, crictl, images, archives)

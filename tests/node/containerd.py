@@ -116,33 +116,15 @@ class Containerd:
     def ctr(
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args],
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
+        return _run(
+            ["ctr", "--address", str(self.socket), "--namespace", "k8s.io", *args], check, timeout
         )
 
     def crictl(
         self, *args: str, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                str(self.crictl_binary),
-                "--runtime-endpoint",
-                self.endpoint,
-                "--image-endpoint",
-                self.endpoint,
-                "--timeout",
-                "30s",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=timeout,
-        )
+        endpoint = ["--runtime-endpoint", self.endpoint, "--image-endpoint", self.endpoint]
+        return _run([str(self.crictl_binary), *endpoint, "--timeout", "30s", *args], check, timeout)
 
     def import_archive(self, archive: Path) -> None:
         """Import an OCI archive (from `podman save --format oci-archive`)."""
@@ -185,6 +167,13 @@ class Containerd:
                     proc.kill()
                     proc.wait(10)
             _unmount_below(self.workdir)
+
+
+def _run(command: list[str], check: bool, timeout: float) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()}")
+    return done
 
 
 def _unmount_below(directory: Path) -> None:

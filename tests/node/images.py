@@ -5,7 +5,8 @@
   modules, FROM scratch, tagged with the binaries' versions;
 - the pod sandbox ("pause") image holds Debian's static catatonit, the init podman uses
   for its own pause containers, FROM scratch.
-Each is built once into podman's store; `oci_archive()` saves one for containerd.
+Each is built once into podman's store; `oci_archive()` saves one for containerd (cached
+by image ID).
 """
 
 from __future__ import annotations
@@ -104,8 +105,18 @@ def pause_image(name: str) -> str:
     return _from_scratch(name, {"/catatonit": Path("/usr/bin/catatonit")}, ["/catatonit", "-P"])
 
 
-def oci_archive(image: str, directory: Path) -> Path:
-    out = directory / (image.rsplit("/", 1)[-1].replace(":", "_") + ".tar")
+def oci_archive(image: str) -> Path:
+    """IMAGE saved for containerd, cached by image ID (one archive kept per repository)."""
+    image_id = podman("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()[:12]
+    repository = image.rsplit("/", 1)[-1].split(":")[0]
+    cache = Path(os.environ.get("KMSPLUG_CACHE", Path.home() / ".cache" / "kmsplug"))
+    directory = cache / "oci-archives"
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{repository}@{image_id}.tar"
     if not out.exists():
-        podman("save", "--quiet", "--format", "oci-archive", "--output", str(out), image)
+        for stale in directory.glob(f"{repository}@*.tar"):
+            stale.unlink()
+        partial = out.with_suffix(f".{os.getpid()}.partial")
+        podman("save", "--quiet", "--format", "oci-archive", "--output", str(partial), image)
+        partial.rename(out)
     return out

@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[0] / "e2e"), str(HERE.parents[0])]
 
 from containerd import Containerd, remove_workdir  # noqa: E402
-from kubelet import CGROUP_ROOT, Kubelet  # noqa: E402
+from kubelet import CGROUP_ROOT, NODE_NAME, Kubelet  # noqa: E402
 from pki import EtcdPki, make_etcd_pki  # noqa: E402
 from ports import free_port  # noqa: E402
 from static_pods import (  # noqa: E402
@@ -46,6 +46,7 @@ from kmsplug.cluster.etcd import EtcdReader, EtcdTls  # noqa: E402
 from bed import _service_account_keys  # noqa: E402
 
 CGROUPS = Path("/sys/fs/cgroup")
+MIRROR_PODS = {f"{name}-{NODE_NAME}" for name in ("etcd", "kube-apiserver", "kmsplug")}
 
 
 @dataclass(frozen=True)
@@ -179,10 +180,11 @@ class ControlPlaneNode:
         )
 
     def wait_ready(self, timeout: float) -> None:
+        """Until the apiserver is ready and shows the kubelet's three mirror pods."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status, _ = self.get("/readyz")
-            if status == 200:
+            if status == 200 and len(self.mirror_pods()) == len(MIRROR_PODS):
                 return
             assert self.kubelet is not None and self.kubelet.proc is not None
             if self.kubelet.proc.poll() is not None:
@@ -232,6 +234,13 @@ class ControlPlaneNode:
             return exc.code, exc.read().decode(errors="replace")
         except OSError:
             return 0, ""
+
+    def mirror_pods(self) -> set[str]:
+        status, body = self.get("/api/v1/namespaces/kube-system/pods")
+        if status != 200:
+            return set()
+        names = {pod["metadata"]["name"] for pod in json.loads(body)["items"]}
+        return names & MIRROR_PODS
 
     def core(self) -> Any:
         from kubernetes import client, config

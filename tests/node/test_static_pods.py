@@ -68,6 +68,11 @@ def _ready(node: ControlPlaneNode) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
+def _restarts(node: ControlPlaneNode) -> int:
+    statuses = _mirror_pod(node).status.container_statuses or []
+    return int(statuses[0].restart_count) if statuses else 0
+
+
 def _plugin_pid(node: ControlPlaneNode) -> int:
     """kmsplug's own process: the child of the container's PID 1 (tini)."""
     container = _running_kmsplug(node)
@@ -162,21 +167,21 @@ def test_killed_kmsplug_is_restarted_while_the_apiserver_keeps_serving_reads(
     assert node.raw("/registry/secrets/kube-system/after-restart").startswith(V2_PREFIX)
     _wait(
         "the mirror pod to count the restart",
-        lambda: _mirror_pod(node).status.container_statuses[0].restart_count >= 1,
+        lambda: _restarts(node) >= 1,
         node,
     )
 
 
 def test_frozen_kmsplug_turns_unready_then_liveness_restarts_it(node: ControlPlaneNode) -> None:
     _wait("kmsplug to be Ready again", lambda: _ready(node), node)
-    restarts = _mirror_pod(node).status.container_statuses[0].restart_count
+    restarts = _restarts(node)
     frozen = _running_kmsplug(node)
     assert frozen is not None
     os.kill(_plugin_pid(node), signal.SIGSTOP)  # alive but answering nothing
     _wait("readiness to fail", lambda: not _ready(node), node)
     _wait(
         "the liveness probe to restart it",
-        lambda: _mirror_pod(node).status.container_statuses[0].restart_count > restarts,
+        lambda: _restarts(node) > restarts,
         node,
     )
     events = node.core().list_namespaced_event(
