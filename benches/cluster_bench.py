@@ -1,22 +1,30 @@
-"""API-server latency with each encryption provider, and kmsplug beside a peer plugin.
+"""API-server latency with each encryption provider, and kmsplug beside the real peers.
 
 Cluster level: for each case a fresh etcd + kube-apiserver (tests/e2e/bed.py, data on
 tmpfs) with one EncryptionConfiguration:
-  identity (no encryption), aesgcm (a local key: the floor), kmsplug-v2, kmsplug-v1,
-  peer-v1, peer-v2 (the stand-in of tests/aws/peer.py: built like aws-encryption-provider,
-  whose own module the Go module proxy here refuses),
-where kmsplug (its AWS provider) and the peer talk to the same local-kms emulator through
-one latency proxy that adds --delay-ms to every KMS call and counts the calls.
+  identity (no encryption), aesgcm (a local key: the floor),
+  kmsplug-v2, kmsplug-v1 (its AWS provider) and peer-v1, peer-v2 (the real
+  aws-encryption-provider, built from its pinned source by tests/peers/build-peer.sh),
+  both on the same local-kms emulator through one latency proxy;
+  vault-kmsplug-v2, vault-kmsplug-v1 (its Vault provider) and vault-peer-v1,
+  vault-peer-v2 (the real vault-kubernetes-kms), both on the same OpenBao through a
+  latency proxy of the same kind.
+The proxies add --delay-ms to every KMS call and count the calls. With --quota-qps the
+AWS cases also run once more at the largest delay behind a proxy that enforces that KMS
+quota (Alibaba's shared gateway allows ~1,000 QPS per account and region): over it, the
+KMS's own throttling answer.
 Each case: create / update / get phases with --clients concurrent clients, a warm LIST,
 a fill up to --secrets Secrets, then an apiserver restart and a cold LIST of them all.
 
-Plugin level: `kmsplug bench` workloads straight at both plugin sockets (same proxy).
+Plugin level: `kmsplug bench` workloads (kmsplug.bench.run, what the command runs)
+straight at the kmsplug and peer sockets of each KMS (same proxy).
 
 Cases and plugin runs alternate their order between rounds; medians over rounds are
 reported as ratios (against aesgcm, and kmsplug against the peer).
 
 Usage: python benches/cluster_bench.py [--delay-ms 5 --delay-ms 20] [--rounds 2]
-         [--secrets 10000] [--clients 16] [--seconds 10] [--out bench-results/cluster]
+         [--quota-qps 1000] [--secrets 10000] [--clients 16] [--seconds 10]
+         [--cases identity,aesgcm,...] [--out bench-results/cluster]
 Writes cluster.json, report.md and PNG plots into --out.
 """
 
@@ -35,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +56,13 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(HERE)]
 
 from apiserver_load import ListFailed, SecretLoad  # noqa: E402
+from peers.runners import (  # noqa: E402
+    Daemon,
+    aws_encryption_provider,
+    kmsplug_serve,
+    pinned_sources,
+    vault_kubernetes_kms,
+)
 
 from kmsplug.bench import Plan, run  # noqa: E402
 from kmsplug.encryption_config import encryption_configuration  # noqa: E402
@@ -55,12 +70,14 @@ from kmsplug.endpoint import Endpoint  # noqa: E402
 
 from aws.emulator import CREDENTIALS, REGION, LocalKms  # noqa: E402
 from aws.latency_proxy import LatencyProxy  # noqa: E402
-from aws.peer import PeerPlugin  # noqa: E402
 from bed import ClusterBed, apiserver_binary, etcd_binary  # noqa: E402
-from plugin_process import PluginProcess  # noqa: E402
+from vault.devserver import transit_server  # noqa: E402
 
 STATIC_CASES = ("identity", "aesgcm")
-KMS_CASES = ("kmsplug-v2", "kmsplug-v1", "peer-v1", "peer-v2")
+AWS_CASES = ("kmsplug-v2", "kmsplug-v1", "peer-v1", "peer-v2")
+VAULT_CASES = ("vault-kmsplug-v2", "vault-kmsplug-v1", "vault-peer-v1", "vault-peer-v2")
+KMS_CASES = AWS_CASES + VAULT_CASES
+PEERS = {"aws": "aws-encryption-provider", "vault": "vault-kubernetes-kms"}
 PLUGIN_RUNS = (
     ("v1-write", 1),
     ("v1-write", 16),
@@ -103,49 +120,70 @@ class ProxyCalls:
 
 @dataclass
 class KmsSide:
-    """local-kms, the latency proxy in front of it, and both plugins reaching it through it."""
+    """One KMS (local-kms or OpenBao), the latency proxy in front of it, and kmsplug and
+    the real peer plugin both reaching it through that proxy."""
 
+    family: str  # "aws" or "vault"
     delay_ms: float
+    quota_qps: float | None
     proxy: LatencyProxy
-    kmsplug: PluginProcess
-    peer: PeerPlugin
+    kmsplug: Daemon
+    peer: Daemon
+
+    @property
+    def condition(self) -> str:
+        """The KMS as the report names it: its delay, and its quota if any."""
+        quota = f" + {self.quota_qps:g} QPS quota" if self.quota_qps else ""
+        return f"{self.delay_ms:g} ms{quota}"
 
     def socket(self, plugin: str) -> Endpoint:
-        if plugin == "kmsplug":
-            return self.kmsplug.endpoint
-        endpoint: Endpoint = self.peer.endpoint
-        return endpoint
+        """`kmsplug` or `peer`, with or without the family's `vault-` prefix."""
+        daemon = self.kmsplug if plugin.removeprefix("vault-") == "kmsplug" else self.peer
+        return daemon.endpoint
 
 
 @contextmanager
-def kms_side(delay_ms: float, workdir: Path) -> Iterator[KmsSide]:
+def kms_side(
+    family: str, delay_ms: float, workdir: Path, quota_qps: float | None = None
+) -> Iterator[KmsSide]:
     workdir.mkdir(parents=True, exist_ok=True)
-    kms = LocalKms(workdir).start()
-    proxy: LatencyProxy | None = None
-    kmsplug: PluginProcess | None = None
-    peer: PeerPlugin | None = None
-    try:
-        arn = kms.client().create_key(Description="kmsplug bench")["KeyMetadata"]["Arn"]
-        proxy = LatencyProxy(kms.endpoint, delay_ms=delay_ms).start()
-        kmsplug = PluginProcess(
-            endpoint=Endpoint(path=str(workdir / "kmsplug.sock")),
-            key_file=workdir / "unused-local.key",
-            args=["--provider", "aws"],
-            log_path=workdir / "kmsplug.log",
-            env={
-                **CREDENTIALS,
-                "AWS_REGION": REGION,
-                "KMSPLUG_AWS_KEY": arn,
-                "KMSPLUG_AWS_ENDPOINT": proxy.url,
-            },
-        ).start()
-        peer = PeerPlugin(workdir / "peer", proxy.url, arn).start()
-        yield KmsSide(delay_ms, proxy, kmsplug, peer)
-    finally:
-        for stop in (peer and peer.stop, kmsplug and kmsplug.terminate, proxy and proxy.stop):
-            if stop:
-                stop()
-        kms.stop()
+    with ExitStack() as stack:
+        if family == "aws":
+            kms = LocalKms(workdir).start()
+            stack.callback(kms.stop)
+            upstream = kms.endpoint
+            arn = kms.client().create_key(Description="kmsplug bench")["KeyMetadata"]["Arn"]
+        else:
+            bao = stack.enter_context(transit_server(workdir / "bao", key="kms"))
+            upstream = bao.address
+        proxy = LatencyProxy(upstream, delay_ms=delay_ms, quota_qps=quota_qps).start()
+        stack.callback(proxy.stop)
+        if family == "aws":
+            kmsplug = kmsplug_serve(
+                workdir, workdir / "kmsplug.sock",
+                *("--provider", "aws", "--aws-key", arn, "--aws-endpoint", proxy.url),
+                *("--aws-region", REGION),
+                env=CREDENTIALS,
+            )  # fmt: skip
+            peer = aws_encryption_provider(
+                workdir, workdir / "peer.sock", kms_endpoint=proxy.url, key=arn,
+                region=REGION, credentials=CREDENTIALS,
+            )  # fmt: skip
+        else:
+            kmsplug = kmsplug_serve(
+                workdir, workdir / "kmsplug.sock",
+                *("--provider", "vault", "--vault-address", proxy.url),
+                *("--vault-transit-key", "kms"),
+                env={"VAULT_TOKEN": bao.root_token},
+            )  # fmt: skip
+            peer = vault_kubernetes_kms(
+                workdir, workdir / "peer.sock", address=proxy.url, token=bao.root_token,
+                transit_key="kms",
+            )  # fmt: skip
+        for daemon in (kmsplug, peer):
+            stack.callback(daemon.stop)
+            daemon.start(timeout=120)
+        yield KmsSide(family, delay_ms, quota_qps, proxy, kmsplug, peer)
 
 
 def encryption_config(case: str, side: KmsSide | None, path: Path) -> Path:
@@ -161,7 +199,7 @@ def encryption_config(case: str, side: KmsSide | None, path: Path) -> Path:
         }
     else:
         assert side is not None
-        plugin, api = case.split("-")
+        plugin, api = case.rsplit("-", 1)
         document = encryption_configuration(
             side.socket(plugin),
             api=api,
@@ -182,7 +220,12 @@ def run_case(case: str, side: KmsSide | None, settings: Settings) -> dict[str, A
     try:
         load = SecretLoad(bed.server_url, bed.token)
         anyio.run(load.ensure_namespace)
-        out: dict[str, Any] = {"case": case, "delay_ms": side.delay_ms if side else None}
+        out: dict[str, Any] = {
+            "case": case,
+            "delay_ms": side.delay_ms if side else None,
+            "quota_qps": side.quota_qps if side else None,
+            "kms": side.condition if side else None,
+        }
         remote: dict[str, int] = {}
 
         def phase(name: str, go: Any, *args: Any) -> None:
@@ -261,6 +304,7 @@ def go_duration(text: str) -> float:
 def run_plugin_level(
     side: KmsSide, settings: Settings, order: tuple[str, str]
 ) -> list[dict[str, Any]]:
+    """`kmsplug bench`'s workloads at kmsplug's socket and the peer's, alternating."""
     rows = []
     for workload, concurrency in PLUGIN_RUNS:
         for plugin in order:
@@ -272,9 +316,16 @@ def run_plugin_level(
                 max_requests=200_000,
             )
             result = anyio.run(run, side.socket(plugin), plan, None, ProxyCalls(side.proxy))
-            row = result.summary() | {"plugin": plugin, "delay_ms": side.delay_ms}
+            name = plugin if side.family == "aws" else f"vault-{plugin}"
+            row = result.summary() | {
+                "plugin": name,
+                "delay_ms": side.delay_ms,
+                "quota_qps": side.quota_qps,
+                "kms": side.condition,
+                "peer": PEERS[side.family],
+            }
             print(
-                f"  plugin {plugin} {workload} x{concurrency}: {result.rps:.0f} req/s, "
+                f"  plugin {name} {workload} x{concurrency}: {result.rps:.0f} req/s, "
                 f"p99 {row['p99_ms']} ms, remote {result.remote_calls}",
                 flush=True,
             )
@@ -311,6 +362,12 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--delay-ms", type=float, action="append", default=None)
+    parser.add_argument(
+        "--quota-qps",
+        type=float,
+        default=None,
+        help="also run the AWS cases at the largest delay with this KMS quota",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--secrets", type=int, default=10_000)
     parser.add_argument("--clients", type=int, default=16)
@@ -342,6 +399,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": machine(),
         "settings": vars(args) | {"out": str(args.out)},
+        "peers": {name: pinned_sources().get(name, "?") for name in PEERS.values()},
     }
     results["cases"], results["plugin"] = [], []
     try:
@@ -351,10 +409,21 @@ def main() -> None:
             static = [c for c in STATIC_CASES if c in cases]
             for case in static if forward else static[::-1]:
                 results["cases"].append(run_case(case, None, settings) | {"round": round_no})
-            kms_cases = [c for c in KMS_CASES if c in cases]
-            for delay in delays:
-                with kms_side(delay, workdir / f"kms-{delay:g}ms-{round_no}") as side:
-                    for case in kms_cases if forward else kms_cases[::-1]:
+            sides = [
+                (family, delay, None)
+                for delay in delays
+                for family, family_cases in (("aws", AWS_CASES), ("vault", VAULT_CASES))
+                if set(family_cases) & set(cases)
+            ]
+            if args.quota_qps and set(AWS_CASES) & set(cases):
+                sides.append(("aws", max(delays), args.quota_qps))
+            for family, delay, quota in sides:
+                family_cases = [
+                    c for c in (AWS_CASES if family == "aws" else VAULT_CASES) if c in cases
+                ]
+                label = f"{family}-{delay:g}ms{'-quota' if quota else ''}-{round_no}"
+                with kms_side(family, delay, workdir / label, quota) as side:
+                    for case in family_cases if forward else family_cases[::-1]:
                         results["cases"].append(
                             run_case(case, side, settings) | {"round": round_no}
                         )

@@ -16,6 +16,7 @@ import anyio
 import click
 
 from kmsplug import __version__
+from kmsplug.conformance.command import conformance
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError, KmsplugError, MissingExtra
 from kmsplug.extras import require
@@ -876,3 +877,6 @@ def bench(
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
     sys.exit(1 if any(r.errors for r in results) else 0)
+
+
+main.add_command(conformance)

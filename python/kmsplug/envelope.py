@@ -186,10 +186,12 @@ class Envelope:
         try:
             mode, embedded_key_id, _ = peek(ciphertext)
         except InvalidCiphertext:
-            self._check_known(key_id)
             for provider in self.providers:  # another plugin's format, from before a swap
                 if provider.claims_legacy(ciphertext):
+                    if not provider.legacy_ignores_key_id():
+                        self._check_known(key_id)
                     return await provider.unwrap_legacy(ciphertext)
+            self._check_known(key_id)
             raise
         if mode != MODE_DIRECT:
             self._check_known(key_id)

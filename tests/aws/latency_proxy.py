@@ -7,6 +7,13 @@ requests by their `X-Amz-Target` header (`TrentService.Encrypt`, `TrentService.D
 `TrentService.GenerateDataKey`, `TrentService.DescribeKey`, ...; `METHOD /path` when a
 request has none), so a benchmark can read how many remote KMS calls each plugin made.
 
+With `quota_qps` it also models a KMS quota (Alibaba's shared gateway: ~1,000 QPS per
+account and region; AWS KMS: a few thousand per key): a token bucket of `quota_qps` a
+second (a tenth of a second deep) answers each request over it as the KMS does, without
+forwarding it: AWS's 400 ThrottlingException when the request has an X-Amz-Target,
+otherwise 429 (what Vault's rate-limit quotas answer). Those are counted as `throttled`
+in the stats, not in `counts()`.
+
 Forwarding keeps the request as the client signed it: method, raw path and query, every
 header but the hop-by-hop ones (Connection, Keep-Alive, Transfer-Encoding, ...), in order
 and case, including Host, Authorization and X-Amz-*, so SigV4 still verifies upstream, and
@@ -40,6 +47,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -80,10 +88,18 @@ AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 class AsyncLatencyProxy:
     """The proxy in the running event loop: `await start()`, then `await aclose()`."""
 
-    def __init__(self, upstream: str, delay_ms: float = 0.0, port: int = 0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        delay_ms: float = 0.0,
+        port: int = 0,
+        quota_qps: float | None = None,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.delay_ms = float(delay_ms)
         self.port = port
+        self.quota = _Quota(quota_qps) if quota_qps else None
+        self._throttled = 0
         self._lock = threading.Lock()  # counts() may be read from another thread
         self._counts: Counter[str] = Counter()
         self._peers: set[Any] = set()
@@ -112,6 +128,8 @@ class AsyncLatencyProxy:
                 "connections": len(self._peers),
                 "max_in_flight": self._max_in_flight,
                 "errors": self._errors,
+                "throttled": self._throttled,
+                "quota_qps": self.quota.rate if self.quota else None,
                 "delay_ms": self.delay_ms,
             }
 
@@ -121,6 +139,7 @@ class AsyncLatencyProxy:
             self._peers.clear()
             self._max_in_flight = self._in_flight
             self._errors = 0
+            self._throttled = 0
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -168,6 +187,10 @@ class AsyncLatencyProxy:
             return self._control(request)
         target = request.headers.get("X-Amz-Target") or f"{request.method} {request.path}"
         peer = request.transport.get_extra_info("peername") if request.transport else None
+        if self.quota is not None and not self.quota.take():
+            with self._lock:
+                self._throttled += 1
+            return _throttled(request)
         with self._lock:
             self._counts[target] += 1
             self._peers.add(peer)
@@ -233,11 +256,48 @@ class AsyncLatencyProxy:
         return web.json_response({"error": f"no control {request.method} {name}"}, status=404)
 
 
+class _Quota:
+    """A token bucket: `rate` requests a second, `rate / 10` at once (at least one)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = float(rate)
+        self.capacity = max(1.0, self.rate / 10)
+        self.tokens = self.capacity
+        self.last = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+def _throttled(request: web.Request) -> web.Response:
+    """What the KMS answers over quota: AWS's throttling error, else Vault's 429."""
+    if request.headers.get("X-Amz-Target"):
+        return web.json_response(
+            {"__type": "ThrottlingException", "message": "Rate exceeded"},
+            status=400,
+            headers={"x-amzn-ErrorType": "ThrottlingException"},
+            content_type="application/x-amz-json-1.1",
+        )
+    return web.json_response({"errors": ["rate limit quota exceeded"]}, status=429)
+
+
 class LatencyProxy:
     """The proxy on its own event loop in a daemon thread, for synchronous callers."""
 
-    def __init__(self, upstream: str, delay_ms: float = 0.0, port: int = 0) -> None:
-        self.proxy = AsyncLatencyProxy(upstream, delay_ms, port)
+    def __init__(
+        self,
+        upstream: str,
+        delay_ms: float = 0.0,
+        port: int = 0,
+        quota_qps: float | None = None,
+    ) -> None:
+        self.proxy = AsyncLatencyProxy(upstream, delay_ms, port, quota_qps)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None

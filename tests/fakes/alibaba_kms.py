@@ -1,11 +1,20 @@
 """A strict, local, TEST-ONLY fake of the Alibaba Cloud KMS OpenAPI (version 2016-01-20).
 
-It speaks the wire protocol of the official SDK (``alibabacloud-kms20160120`` on
-``alibabacloud-tea-openapi``): ``POST /`` with every parameter in the query string, an
-empty body, the ``x-acs-*`` headers and an ``Authorization: ACS3-HMAC-SHA256 ...`` header,
-answered with JSON. Every request is authenticated like the real gateway: the ACS3
-signature is recomputed, ``x-acs-date`` must be within 15 minutes, a signature nonce is
-accepted once, STS credentials must carry their security token and must not have expired.
+It speaks both wire protocols of the official SDKs, answered with JSON:
+
+- ACS3 (the Python SDK ``alibabacloud-kms20160120`` on ``alibabacloud-tea-openapi``, what
+  kmsplug uses): ``POST /`` with every parameter in the query string, an empty body, the
+  ``x-acs-*`` headers and an ``Authorization: ACS3-HMAC-SHA256 ...`` header;
+- RPC style (the Go SDK ``alibaba-cloud-sdk-go``, what ack-kms-plugin uses): ``POST /``
+  with every parameter, ``Signature`` included, in the query string (a form body is
+  signed too), ``SignatureMethod=HMAC-SHA1``, ``SignatureVersion=1.0``.
+
+Every request is authenticated like the real gateway, either way: the signature is
+recomputed, the signing time (``x-acs-date`` or ``Timestamp``) must be within 15 minutes,
+a signature nonce is accepted once, STS credentials must carry their security token and
+must not have expired. ``FakeAlibabaKms(tls=make_test_ca(dir))`` serves HTTPS with a
+throwaway CA (give clients ``ca.crt``, e.g. as SSL_CERT_FILE), since ack-kms-plugin
+speaks nothing else.
 
 Keys, aliases, credentials, permissions, quotas and faults are managed with methods on
 :class:`FakeAlibabaKms` (never over HTTP). Only the standard library and ``cryptography``
@@ -41,6 +50,7 @@ import random
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -48,6 +58,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -63,10 +74,24 @@ __all__ = [
     "KmsError",
     "RequestRecord",
     "StsCredential",
+    "TestCa",
+    "make_test_ca",
 ]
 
 API_VERSION = "2016-01-20"
 SIGNATURE_ALGORITHM = "ACS3-HMAC-SHA256"
+RPC_SIGNATURE_METHOD = "HMAC-SHA1"
+RPC_SIGNATURE_VERSION = "1.0"
+RPC_REQUIRED_PARAMETERS = (
+    "Action",
+    "Version",
+    "AccessKeyId",
+    "SignatureMethod",
+    "SignatureVersion",
+    "SignatureNonce",
+    "Timestamp",
+    "Signature",
+)
 MAX_CLOCK_SKEW_SECONDS = 15 * 60
 MAX_PLAINTEXT_BYTES = 6 * 1024
 MAX_ENCRYPTION_CONTEXT_CHARS = 8192
@@ -328,6 +353,31 @@ def _rfc3986(value: str) -> str:
     return quote(value, safe="~")
 
 
+def _is_rpc_signed(target: str, headers: Message) -> bool:
+    """An RPC-style request: no Authorization header, a Signature parameter instead."""
+    if headers.get("authorization"):
+        return False
+    return any(name == "Signature" for name, _ in parse_qsl(urlsplit(target).query))
+
+
+def _action_of(target: str, headers: Message) -> str:
+    """ACS3 names the action in a header, the RPC style in the Action parameter."""
+    if _is_rpc_signed(target, headers):
+        for name, value in parse_qsl(urlsplit(target).query):
+            if name == "Action":
+                return value
+        return "<none>"
+    return headers.get("x-acs-action") or "<none>"
+
+
+def _rpc_string_to_sign(method: str, params: Mapping[str, str]) -> str:
+    """METHOD&%2F&encode(k1=v1&k2=v2...), every parameter but Signature, sorted by name."""
+    canonical = "&".join(
+        f"{_rfc3986(k)}={_rfc3986(v)}" for k, v in sorted(params.items()) if k != "Signature"
+    )
+    return f"{method}&{_rfc3986('/')}&{_rfc3986(canonical)}"
+
+
 def _b64decode_strict(value: str, name: str) -> bytes:
     try:
         return base64.b64decode(value.encode("ascii"), validate=True)
@@ -381,6 +431,85 @@ def _parse_blob(raw: bytes) -> tuple[str, str, bytes, bytes, bytes]:
     return key_id, version_id, header, nonce, sealed
 
 
+# --------------------------------------------------------------------------- TLS
+
+
+@dataclasses.dataclass(frozen=True)
+class TestCa:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost it issued."""
+
+    __test__ = False  # not a pytest test class
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.server_cert, self.server_key)
+        return context
+
+
+def make_test_ca(directory: Path) -> TestCa:
+    """Write ca.crt, server.crt and server.key (EC P-256, valid a day) to `directory`."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("fake-alibaba-kms-test-ca"))
+        .issuer_name(name("fake-alibaba-kms-test-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_path, cert_path, key_path = (
+        directory / "ca.crt",
+        directory / "server.crt",
+        directory / "server.key",
+    )
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return TestCa(ca_path, cert_path, key_path)
+
+
 # --------------------------------------------------------------------------- the fake
 
 
@@ -407,10 +536,12 @@ class FakeAlibabaKms:
         qps: float = DEFAULT_QPS,
         burst: float | None = None,
         max_clock_skew: float = MAX_CLOCK_SKEW_SECONDS,
+        tls: TestCa | None = None,
     ) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the fake binds to loopback only")
         self._bind = (host, port)
+        self.tls = tls
         self.region = region
         self.account_id = account_id
         self.max_clock_skew = max_clock_skew
@@ -450,6 +581,8 @@ class FakeAlibabaKms:
             raise RuntimeError("already started")
         self._stopping.clear()
         self._server = _Server(self._bind, _Handler, self)
+        if self.tls is not None:
+            self._server.tls = self.tls.server_context()
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -490,12 +623,17 @@ class FakeAlibabaKms:
 
     @property
     def host(self) -> str:
-        """``127.0.0.1:PORT``: what to pass as the SDK's ``endpoint`` (with protocol='http')."""
+        """``127.0.0.1:PORT``: the SDK's ``endpoint`` (protocol ``self.protocol``), or
+        ack-kms-plugin's ACK_KMS_DOMAIN."""
         return f"127.0.0.1:{self.port}"
 
     @property
+    def protocol(self) -> str:
+        return "https" if self.tls is not None else "http"
+
+    @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.protocol}://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------ credentials
 
@@ -803,7 +941,7 @@ class FakeAlibabaKms:
     def _process(
         self, method: str, target: str, headers: Message, body: bytes
     ) -> _Response | _Drop:
-        action = headers.get("x-acs-action") or "<none>"
+        action = _action_of(target, headers)
         if not self._wait_out_hang(action):
             return _DROP
         fixed, jitter = self._latency
@@ -879,6 +1017,92 @@ class FakeAlibabaKms:
     def _authenticate(
         self, method: str, target: str, headers: Message, body: bytes, action: str
     ) -> _Principal:
+        if _is_rpc_signed(target, headers):
+            return self._authenticate_rpc(method, target, headers, body, action)
+        return self._authenticate_acs3(method, target, headers, body, action)
+
+    def _authenticate_rpc(
+        self, method: str, target: str, headers: Message, body: bytes, action: str
+    ) -> _Principal:
+        """RPC-style signature (SignatureVersion 1.0, HMAC-SHA1), as the Go SDK of 2020-2024
+        that ack-kms-plugin uses sends it: every parameter in the query string (or a form
+        body), the signature over all of them, sorted and percent-encoded."""
+        if method not in ("POST", "GET"):
+            raise _err(ERR_UNSUPPORTED_METHOD)
+        split = urlsplit(target)
+        if split.path != "/":
+            raise _err(ERR_ACTION_NOT_FOUND)
+        params = self._params(target, headers, body)
+        for name in RPC_REQUIRED_PARAMETERS:
+            if not params.get(name):
+                raise _missing(name)
+        if params["Version"] != API_VERSION:
+            raise _err(ERR_INVALID_VERSION)
+        if action not in ACTIONS:
+            raise _err(ERR_ACTION_NOT_FOUND)
+        if params["SignatureMethod"] != RPC_SIGNATURE_METHOD:
+            raise _incomplete(f"Unsupported SignatureMethod {params['SignatureMethod']!r}.")
+        if params["SignatureVersion"] != RPC_SIGNATURE_VERSION:
+            raise _incomplete(f"Unsupported SignatureVersion {params['SignatureVersion']!r}.")
+        if params.get("Format", "JSON").upper() != "JSON":
+            raise _invalid("Format")
+        try:
+            sent_at = dt.datetime.strptime(params["Timestamp"], _DATE_FORMAT).replace(tzinfo=dt.UTC)
+        except ValueError:
+            raise _err(ERR_TIMESTAMP_FORMAT) from None
+        principal = self._principal(params["AccessKeyId"], params.get("SecurityToken"))
+        string_to_sign = _rpc_string_to_sign(method, params)
+        expected = base64.b64encode(
+            hmac.new(
+                (principal.secret + "&").encode(), string_to_sign.encode(), hashlib.sha1
+            ).digest()
+        ).decode()
+        if not hmac.compare_digest(expected, params["Signature"]):
+            raise KmsError(
+                400,
+                "SignatureDoesNotMatch",
+                "Specified signature is not matched with our calculation. "
+                f"server string to sign is:{string_to_sign}",
+            )
+        self._check_fresh(sent_at, params["SignatureNonce"])
+        return principal
+
+    def _principal(self, ak: str, token: str | None) -> _Principal:
+        """The credential an AccessKeyId (and STS token) names, if it may sign now."""
+        with self._lock:
+            if token is not None:
+                principal = self._sts_by_token.get(token)
+                if principal is None:
+                    raise _err(ERR_TOKEN_MALFORMED)
+                if principal.access_key_id != ak:
+                    raise _err(ERR_TOKEN_MISMATCH)
+                if principal.expiration is not None and time.time() >= principal.expiration:
+                    raise _err(ERR_TOKEN_EXPIRED)
+            else:
+                found = self._access_keys.get(ak)
+                if found is None:
+                    raise _err(ERR_AK_NOT_FOUND)
+                principal = found
+            if not principal.enabled:
+                raise _err(ERR_AK_INACTIVE)
+            return principal
+
+    def _check_fresh(self, sent_at: dt.datetime, nonce: str) -> None:
+        """A signed request is good once, and only near the time it says it was signed."""
+        now = time.time()
+        if abs(now - sent_at.timestamp()) > self.max_clock_skew:
+            raise _err(ERR_TIMESTAMP_EXPIRED)
+        with self._lock:
+            if now >= self._nonce_purge_at:
+                self._nonces = {n: t for n, t in self._nonces.items() if t > now}
+                self._nonce_purge_at = now + 60.0
+            if self._nonces.get(nonce, 0.0) > now:
+                raise _err(ERR_NONCE_USED)
+            self._nonces[nonce] = now + 2 * self.max_clock_skew
+
+    def _authenticate_acs3(
+        self, method: str, target: str, headers: Message, body: bytes, action: str
+    ) -> _Principal:
         if method != "POST":
             raise _err(ERR_UNSUPPORTED_METHOD)
         split = urlsplit(target)
@@ -939,24 +1163,8 @@ class FakeAlibabaKms:
         header_ak = headers.get("x-acs-accesskey-id")
         if header_ak is not None and header_ak != ak:
             raise _incomplete("x-acs-accesskey-id does not match the Credential.")
-        token = headers.get("x-acs-security-token")
-        with self._lock:
-            if token is not None:
-                principal = self._sts_by_token.get(token)
-                if principal is None:
-                    raise _err(ERR_TOKEN_MALFORMED)
-                if principal.access_key_id != ak:
-                    raise _err(ERR_TOKEN_MISMATCH)
-                if principal.expiration is not None and time.time() >= principal.expiration:
-                    raise _err(ERR_TOKEN_EXPIRED)
-            else:
-                found = self._access_keys.get(ak)
-                if found is None:
-                    raise _err(ERR_AK_NOT_FOUND)
-                principal = found
-            if not principal.enabled:
-                raise _err(ERR_AK_INACTIVE)
-            secret = principal.secret
+        principal = self._principal(ak, headers.get("x-acs-security-token"))
+        secret = principal.secret
 
         string_to_sign = self._string_to_sign(method, split.query, headers, signed_headers, body)
         expected = hmac.new(secret.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
@@ -971,17 +1179,7 @@ class FakeAlibabaKms:
                 f"server string to sign is:{string_to_sign}",
             )
 
-        now = time.time()
-        if abs(now - sent_at.timestamp()) > self.max_clock_skew:
-            raise _err(ERR_TIMESTAMP_EXPIRED)
-        nonce = headers["x-acs-signature-nonce"]
-        with self._lock:
-            if now >= self._nonce_purge_at:
-                self._nonces = {n: t for n, t in self._nonces.items() if t > now}
-                self._nonce_purge_at = now + 60.0
-            if self._nonces.get(nonce, 0.0) > now:
-                raise _err(ERR_NONCE_USED)
-            self._nonces[nonce] = now + 2 * self.max_clock_skew
+        self._check_fresh(sent_at, headers["x-acs-signature-nonce"])
         return principal
 
     @staticmethod
@@ -1196,6 +1394,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type, fake: FakeAlibabaKms) -> None:
         self.fake = fake
+        self.tls: ssl.SSLContext | None = None
         self._connections: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
         self._conn_lock = threading.Lock()
@@ -1215,6 +1414,28 @@ class _Server(ThreadingHTTPServer):
         finally:
             with self._conn_lock:
                 self._handler_threads.discard(current)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        # The TLS handshake runs here, in the connection's own thread, not in accept().
+        request.settimeout(30.0)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)
+        except OSError:  # a client that gave up or does not trust the test CA
+            return
+        wrapped.settimeout(None)
+        with self._conn_lock:
+            self._connections.discard(request)
+            self._connections.add(wrapped)
+        try:
+            super().finish_request(wrapped, client_address)
+        finally:
+            with self._conn_lock:
+                self._connections.discard(wrapped)
+            with contextlib.suppress(OSError):
+                wrapped.close()
 
     def shutdown_request(self, request: Any) -> None:
         with self._conn_lock:
@@ -1287,9 +1508,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-id", default=None, help="id of the Aliyun_AES_256 key to create")
     parser.add_argument("--alias", default=None, help="alias/NAME for that key")
     parser.add_argument("--qps", type=float, default=DEFAULT_QPS)
+    parser.add_argument(
+        "--tls-dir", default=None, help="serve HTTPS with a test CA written here (ca.crt)"
+    )
     args = parser.parse_args(argv)
 
-    fake = FakeAlibabaKms(port=args.port, qps=args.qps)
+    tls = make_test_ca(Path(args.tls_dir)) if args.tls_dir else None
+    fake = FakeAlibabaKms(port=args.port, qps=args.qps, tls=tls)
     credential = fake.add_access_key(args.access_key_id, args.access_key_secret)
     key_id = fake.create_key(key_id=args.key_id)
     if args.alias:
@@ -1305,6 +1530,7 @@ def main(argv: list[str] | None = None) -> int:
         "access_key_secret": credential.access_key_secret,
         "key_id": key_id,
         "alias": args.alias,
+        "ca_file": str(tls.ca_cert) if tls else None,
     }
     print(json.dumps(info), flush=True)
     try:

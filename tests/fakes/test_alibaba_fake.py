@@ -31,6 +31,7 @@ from fakes.alibaba_kms import (
     AccessKeyCredential,
     FakeAlibabaKms,
     StsCredential,
+    make_test_ca,
 )
 
 AK, SECRET = "LTAIfakeAccessKey01", "fake-secret-0001"
@@ -621,6 +622,179 @@ def test_raw_security_token_on_static_key(kms, cred, key_id) -> None:
     )
     status, body = send(kms.port, path, headers)
     assert (status, body["Code"]) == (400, "InvalidSecurityToken.MismatchWithAccessKey")
+
+
+# --------------------------------------------------------------------------- RPC-style signatures
+# What ack-kms-plugin's Go SDK sends: SignatureVersion 1.0, HMAC-SHA1, every parameter in
+# the query string. An independent signer below, written from the algorithm's description.
+
+
+def rpc_sign(
+    action: str,
+    params: dict[str, str],
+    *,
+    ak: str = AK,
+    sk: str = SECRET,
+    when: datetime | None = None,
+    nonce: str | None = None,
+    method: str = "POST",
+    **overrides: str,
+) -> str:
+    """The path with query of an RPC-style signed request."""
+    query = {
+        "Action": action,
+        "Version": "2016-01-20",
+        "Format": "JSON",
+        "AccessKeyId": ak,
+        "SignatureMethod": "HMAC-SHA1",
+        "SignatureVersion": "1.0",
+        "SignatureType": "",
+        "SignatureNonce": nonce or uuid.uuid4().hex,
+        "Timestamp": (when or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "RegionId": "cn-hangzhou",
+        **params,
+        **overrides,
+    }
+    enc = lambda s: quote(s, safe="~")  # noqa: E731
+    canonical = "&".join(f"{enc(k)}={enc(v)}" for k, v in sorted(query.items()))
+    to_sign = f"{method}&{enc('/')}&{enc(canonical)}"
+    digest = hmac.new(f"{sk}&".encode(), to_sign.encode(), hashlib.sha1).digest()
+    query["Signature"] = base64.b64encode(digest).decode()
+    return "/?" + urlencode(query)
+
+
+FORM = {"content-type": "application/x-www-form-urlencoded", "host": "kms.example"}
+
+
+def rpc_send(kms: FakeAlibabaKms, path: str, method: str = "POST") -> tuple[int, dict]:
+    return send(kms.port, path, dict(FORM), method=method)
+
+
+def test_rpc_signed_round_trip(kms, cred, key_id) -> None:
+    kms.create_alias("alias/rpc", key_id)
+    plaintext = b64(b"rpc ~*+ / = \x00")
+    status, body = rpc_send(
+        kms, rpc_sign("Encrypt", {"KeyId": "alias/rpc", "Plaintext": plaintext})
+    )
+    assert status == 200, body
+    assert (body["KeyId"], body["KeyVersionId"]) == (
+        key_id,
+        kms.describe(key_id).primary_key_version,
+    )
+    status, back = rpc_send(kms, rpc_sign("Decrypt", {"CiphertextBlob": body["CiphertextBlob"]}))
+    assert (status, back["Plaintext"]) == (200, plaintext)
+    # GET is signed with its own method name and is accepted too
+    assert rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, method="GET"), "GET")[0] == 200
+    assert kms.count("Encrypt", "Success") == kms.count("Decrypt", "Success") == 1
+
+
+def test_rpc_wrong_secret_and_tampering_refused(kms, cred, key_id) -> None:
+    status, body = rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, sk="not-the-secret"))
+    assert (status, body["Code"]) == (400, "SignatureDoesNotMatch")
+    other = kms.create_key()
+    path = rpc_sign("DescribeKey", {"KeyId": key_id})
+    assert rpc_send(kms, path.replace(key_id, other))[1]["Code"] == "SignatureDoesNotMatch"
+    # signed as POST, sent as GET
+    assert rpc_send(kms, path, "GET")[1]["Code"] == "SignatureDoesNotMatch"
+    status, body = rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, ak="LTAIunknown"))
+    assert (status, body["Code"]) == (404, "InvalidAccessKeyId.NotFound")
+    assert kms.count(outcome="Success") == 0
+
+
+def test_rpc_replayed_nonce_refused(kms, cred, key_id) -> None:
+    path = rpc_sign("DescribeKey", {"KeyId": key_id}, nonce="rpc-nonce-1")
+    assert rpc_send(kms, path)[0] == 200
+    status, body = rpc_send(kms, path)
+    assert (status, body["Code"]) == (400, "SignatureNonceUsed")
+    # one nonce store for both signature styles
+    acs3_path, headers = sign(kms.port, "DescribeKey", {"KeyId": key_id}, nonce="rpc-nonce-1")
+    assert send(kms.port, acs3_path, headers)[1]["Code"] == "SignatureNonceUsed"
+    # a refused signature does not burn its nonce
+    bad = rpc_sign("DescribeKey", {"KeyId": key_id}, nonce="rpc-nonce-2", sk="bad")
+    assert rpc_send(kms, bad)[1]["Code"] == "SignatureDoesNotMatch"
+    assert rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, nonce="rpc-nonce-2"))[0] == 200
+
+
+def test_rpc_stale_or_malformed_timestamp_refused(kms, cred, key_id) -> None:
+    for skew in (timedelta(minutes=-16), timedelta(minutes=16)):
+        when = datetime.now(UTC) + skew
+        status, body = rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, when=when))
+        assert (status, body["Code"]) == (400, "InvalidTimeStamp.Expired")
+    recent = datetime.now(UTC) - timedelta(minutes=14)
+    assert rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, when=recent))[0] == 200
+    malformed = rpc_sign("DescribeKey", {"KeyId": key_id}, Timestamp="yesterday")
+    assert rpc_send(kms, malformed)[1]["Code"] == "InvalidTimeStamp.Format"
+
+
+def test_rpc_incomplete_or_unsupported_signatures_refused(kms, cred, key_id) -> None:
+    for name in ("SignatureNonce", "Timestamp", "AccessKeyId", "SignatureVersion"):
+        path = rpc_sign("DescribeKey", {"KeyId": key_id}, **{name: ""})
+        status, body = rpc_send(kms, path)
+        assert (status, body["Code"]) == (400, "MissingParameter"), name
+    sha256 = rpc_sign("DescribeKey", {"KeyId": key_id}, SignatureMethod="HMAC-SHA256")
+    assert rpc_send(kms, sha256)[1]["Code"] == "IncompleteSignature"
+    v2 = rpc_sign("DescribeKey", {"KeyId": key_id}, SignatureVersion="2.0")
+    assert rpc_send(kms, v2)[1]["Code"] == "IncompleteSignature"
+    assert (
+        rpc_send(kms, rpc_sign("DescribeKey", {"KeyId": key_id}, Version="2019-01-01"))[1]["Code"]
+        == "InvalidVersion"
+    )
+    assert rpc_send(kms, rpc_sign("CreateKey", {}))[0] == 404
+    assert kms.count(outcome="Success") == 0
+
+
+def test_rpc_security_token(kms, key_id) -> None:
+    sts = kms.issue_sts_token()
+    ok = rpc_sign(
+        "DescribeKey", {"KeyId": key_id, "SecurityToken": sts.security_token},
+        ak=sts.access_key_id, sk=sts.access_key_secret,
+    )  # fmt: skip
+    assert rpc_send(kms, ok)[0] == 200
+    no_token = rpc_sign(
+        "DescribeKey", {"KeyId": key_id}, ak=sts.access_key_id, sk=sts.access_key_secret
+    )
+    assert rpc_send(kms, no_token)[1]["Code"] == "InvalidAccessKeyId.NotFound"
+    kms.expire_sts_token(sts.security_token)
+    expired = rpc_sign(
+        "DescribeKey", {"KeyId": key_id, "SecurityToken": sts.security_token},
+        ak=sts.access_key_id, sk=sts.access_key_secret,
+    )  # fmt: skip
+    assert rpc_send(kms, expired)[1]["Code"] == "InvalidSecurityToken.Expired"
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def test_tls_with_the_test_ca(tmp_path: Path) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ca = make_test_ca(tmp_path / "ca")
+    with FakeAlibabaKms(tls=ca) as kms:
+        kms.add_access_key(AK, SECRET)
+        key_id = kms.create_key()
+        assert kms.endpoint == f"https://127.0.0.1:{kms.port}"
+        client = Client(
+            Config(
+                access_key_id=AK, access_key_secret=SECRET, endpoint=kms.host,
+                protocol="https", read_timeout=3000, ca=str(ca.ca_cert),
+            )
+        )  # fmt: skip
+        blob = encrypt(client, key_id, b"over tls").ciphertext_blob
+        assert base64.b64decode(decrypt(client, blob).plaintext) == b"over tls"
+        trusting = ssl.create_default_context(cafile=str(ca.ca_cert))
+        request = urllib.request.Request(  # noqa: S310 - the fake's https://127.0.0.1 URL
+            kms.endpoint + rpc_sign("DescribeKey", {"KeyId": key_id}), method="POST", headers=FORM
+        )
+        with urllib.request.urlopen(request, context=trusting, timeout=5) as answer:  # noqa: S310 - 127.0.0.1
+            assert json.loads(answer.read())["KeyMetadata"]["KeyId"] == key_id
+        # a client without the test CA does not get through, and the fake keeps serving
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(request, context=ssl.create_default_context(), timeout=5)  # noqa: S310
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            send(kms.port, rpc_sign("DescribeKey", {"KeyId": key_id}), dict(FORM))  # plain HTTP
+        assert base64.b64decode(decrypt(client, blob).plaintext) == b"over tls"
 
 
 # --------------------------------------------------------------------------- script mode

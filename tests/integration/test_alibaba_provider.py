@@ -44,6 +44,7 @@ async def test_preflight_wrap_unwrap_and_key_id_per_version(fake: FakeAlibabaKms
     lines = await kek.preflight()
     version = fake.describe(key).primary_key_version
     assert kek.key_id == f"alibaba:{key}:{version}"
+    assert kek.owns(kek.key_id) and not kek.owns(f"{kek.key_id}_001")  # never issued
     assert version in lines[0]
     secret = os.urandom(32)
     wrapped = await kek.wrap(secret)

@@ -1,10 +1,10 @@
-"""The pieces for side-by-side benchmarks (issue 8): a latency proxy and peer plugins.
+"""The pieces for side-by-side benchmarks: a latency proxy and the real peer behind it.
 
 The latency proxy (tests/aws/latency_proxy.py) sits between a plugin and local-kms, adds a
-delay per request and counts remote KMS calls by X-Amz-Target. Its tests run against
-local-kms and against an upstream of our own that records the raw request and checks its
-SigV4 signature. The peers (tests/aws/peer.py) run behind the proxy: our stand-in always,
-aws-encryption-provider itself only where Go can build it (its module is not served here).
+delay per request, counts remote KMS calls by X-Amz-Target and can enforce a KMS quota.
+Its tests run against local-kms and against an upstream of our own that records the raw
+request and checks its SigV4 signature. The peer is the real aws-encryption-provider
+(tests/peers: built from its pinned source; skipped with the reason where it cannot be).
 """
 
 from __future__ import annotations
@@ -26,22 +26,23 @@ import pytest
 from aiohttp import web
 from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
 from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
 from botocore.credentials import Credentials  # type: ignore[import-untyped]
+from peers.runners import Daemon, PeerUnavailable, aws_encryption_provider, peer_binary
 
 from kmsplug.client import KmsClient
 from kmsplug.envelope import Envelope
+from kmsplug.errors import ProviderThrottled, ProviderUnavailable
 from kmsplug.providers.aws import AwsSettings, aws_provider
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
 
-from aws import peer as peer_module
 from aws.emulator import CREDENTIALS, REGION, LocalKms
 from aws.latency_proxy import LatencyProxy, LatencyProxyProcess
-from aws.peer import PeerBuildError, PeerPlugin
 from plugin_process import PluginFactory
 
 pytestmark = pytest.mark.anyio
 # A cold build of the peer (in the first peer test's set-up) can outlast the default 300 s.
-COLD_BUILD = pytest.mark.timeout(900)
+COLD_BUILD = pytest.mark.timeout(1500)
 
 DELAY_MS = 20
 DELAY = DELAY_MS / 1000
@@ -331,25 +332,30 @@ async def test_kmsplug_behind_the_proxy_makes_no_call_per_request(
 # -- the peers behind the proxy ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=peer_module.KINDS)
-def peer_binary(request: pytest.FixtureRequest) -> tuple[str, Path]:
-    try:
-        return request.param, peer_module.binary(request.param)
-    except PeerBuildError as exc:
-        pytest.skip(str(exc))
+@dataclass
+class Peer:
+    daemon: Daemon
+    key_arn: str
+
+    @property
+    def endpoint(self) -> Any:
+        return self.daemon.endpoint
 
 
 @pytest.fixture
-def peer(
-    kms: LocalKms, proxy: LatencyProxy, short_tmp: Path, peer_binary: tuple[str, Path]
-) -> Iterator[PeerPlugin]:
-    kind, executable = peer_binary
-    plugin = PeerPlugin(
-        short_tmp, proxy.url, kms.create_key(), kind=kind, executable=executable
-    ).start()
-    proxy.reset()  # its start-up Status cost an Encrypt (and a Decrypt)
-    yield plugin
-    plugin.stop()
+def peer(kms: LocalKms, proxy: LatencyProxy, short_tmp: Path) -> Iterator[Peer]:
+    try:
+        peer_binary("aws-encryption-provider")
+    except PeerUnavailable as exc:
+        pytest.skip(str(exc))
+    arn = kms.create_key()
+    daemon = aws_encryption_provider(
+        short_tmp, short_tmp / "peer.sock", kms_endpoint=proxy.url, key=arn, region=REGION,
+        credentials=CREDENTIALS,
+    ).start()  # fmt: skip
+    proxy.reset()  # its start-up Status cost an Encrypt and a Decrypt
+    yield Peer(daemon, arn)
+    daemon.stop()
 
 
 async def timed(call: Any) -> tuple[Any, float]:
@@ -359,9 +365,7 @@ async def timed(call: Any) -> tuple[Any, float]:
 
 
 @COLD_BUILD
-async def test_peer_round_trips_with_one_remote_call_each(
-    peer: PeerPlugin, proxy: LatencyProxy
-) -> None:
+async def test_peer_round_trips_with_one_remote_call_each(peer: Peer, proxy: LatencyProxy) -> None:
     async with KmsClient(peer.endpoint) as client:
         cipher, took = await timed(client.v1_encrypt(b"v1 secret"))
         assert took >= DELAY and cipher[:1] == b"1"
@@ -379,7 +383,7 @@ async def test_peer_round_trips_with_one_remote_call_each(
 
 
 @COLD_BUILD
-async def test_kmsplug_opens_what_the_peer_wrote(kms: LocalKms, peer: PeerPlugin) -> None:
+async def test_kmsplug_opens_what_the_peer_wrote(kms: LocalKms, peer: Peer) -> None:
     dek = secrets.token_bytes(32)
     async with KmsClient(peer.endpoint) as client:
         v1 = await client.v1_encrypt(dek)
@@ -397,19 +401,54 @@ async def test_kmsplug_opens_what_the_peer_wrote(kms: LocalKms, peer: PeerPlugin
 
 
 @COLD_BUILD
-async def test_peer_metrics(peer: PeerPlugin) -> None:
+async def test_peer_metrics(peer: Peer) -> None:
     async with KmsClient(peer.endpoint) as client:
         await client.v2_encrypt(b"m")
+    (port,) = peer.daemon.ports()  # --health-port 127.0.0.1:0, read back from /proc
 
     def scrape() -> str:
-        with urllib.request.urlopen(peer.metrics_url, timeout=5) as answer:  # noqa: S310 - 127.0.0.1
+        url = f"http://127.0.0.1:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as answer:
             return str(answer.read().decode())
 
     text = await anyio.to_thread.run_sync(scrape)
-    if peer.kind == "stand-in":
-        # the start-up Status probe's Encrypt + Decrypt, then the test's Encrypt
-        assert 'peer_kms_operations_total{operation="encrypt",status="ok"} 2\n' in text
-        assert 'peer_kms_operations_total{operation="decrypt",status="ok"} 1\n' in text
-    else:
-        assert "aws_encryption_provider_kms_operations_total{" in text
-        assert "aws_encryption_provider_kms_operation_latency_ms_bucket{" in text
+    assert "aws_encryption_provider_kms_operations_total{" in text
+    assert 'operation="encrypt"' in text
+    assert "aws_encryption_provider_kms_operation_latency_ms_bucket{" in text
+
+
+async def test_proxy_quota_throttles_like_the_kms(kms: LocalKms) -> None:
+    """Over its quota the proxy answers as AWS KMS does (400 ThrottlingException), without
+    forwarding; kmsplug's provider classifies that as throttling."""
+    arn = kms.create_key()
+    # One call per 20 s, one at a time: a burst of 10 gets exactly one through, however
+    # slowly this machine runs it (up to 20 s).
+    with LatencyProxy(kms.endpoint, 0, quota_qps=0.05) as limited:
+        client = boto3.client(
+            "kms",
+            endpoint_url=limited.url,
+            region_name=REGION,
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            config=BotoConfig(retries={"total_max_attempts": 1}),
+        )
+        outcomes = []
+        for _ in range(10):
+            try:
+                client.encrypt(KeyId=arn, Plaintext=b"q")
+                outcomes.append("ok")
+            except client.exceptions.ClientError as exc:
+                outcomes.append(exc.response["Error"]["Code"])
+        assert outcomes == ["ok"] + ["ThrottlingException"] * 9
+        stats = limited.stats()
+        assert (stats["throttled"], stats["quota_qps"]) == (9, 0.05)
+        assert limited.counts() == {ENCRYPT: 1}  # the throttled ones never reached the KMS
+        kek = aws_provider(
+            AwsSettings(key=arn, region=REGION, endpoint_url=limited.url), CREDENTIALS, FAST
+        )
+        try:
+            with pytest.raises(ProviderUnavailable) as refused:
+                await kek.wrap(b"k" * 32)
+            assert isinstance(refused.value.__cause__, ProviderThrottled)
+        finally:
+            await kek.aclose()

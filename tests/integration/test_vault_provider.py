@@ -97,6 +97,7 @@ async def test_round_trip_preflight_and_key_id(bao: DevServer, make: Make) -> No
     assert await kek.unwrap(wrapped) == dek
     await kek.health()
     assert kek.owns("vault:transit/k8s:v9") and not kek.owns("vault:transit/other:v1")
+    assert not kek.owns("vault:transit/k8s:v1_001")  # a derived key_id we never issued
     with pytest.raises(InvalidCiphertext):
         await kek.unwrap(b"vault:v1:" + base64.b64encode(os.urandom(44)))
     with pytest.raises(InvalidCiphertext):

@@ -34,6 +34,7 @@ from kmsplug.providers.resilient import note_call
 
 ALLOWED_SPECS_DEFAULT = ("Aliyun_AES_256",)
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/]+={0,2}$")
+_KEY_VERSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")  # a KeyVersionId (UUID) or "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +140,21 @@ class AlibabaKek(RemoteKek):
         return f"alibaba:{self.cmk_id}:{self.key_version or 'unknown'}"
 
     def owns(self, key_id: str) -> bool:
-        return key_id.startswith(f"alibaba:{self.cmk_id}:") or key_id in (
+        # A KeyVersionId (a UUID) or "unknown" after our prefix: a stray suffix is a
+        # key_id we never issued.
+        version = key_id.removeprefix(f"alibaba:{self.cmk_id}:")
+        return (version != key_id and bool(_KEY_VERSION_ID.fullmatch(version))) or key_id in (
             self.settings.key,
             *self.settings.legacy_key_ids,
         )
 
     def claims_legacy(self, ciphertext: bytes) -> bool:
         return looks_like_ack_ciphertext(ciphertext)
+
+    def legacy_ignores_key_id(self) -> bool:
+        # ack reports --key-id verbatim as key_id and ignores it on Decrypt; a cluster whose
+        # --key-id changed (a CMK id, later an alias) stores objects under each string.
+        return True
 
     # -- KMS calls -----------------------------------------------------------------------
 
@@ -237,7 +246,13 @@ class AlibabaKek(RemoteKek):
             raise ProviderTransient("KMS Decrypt returned malformed plaintext") from None
 
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
-        """Decrypt what ack-kms-plugin stored: its CiphertextBlob, with no context."""
+        """Decrypt a bare CiphertextBlob: ack-kms-plugin's (no context), or our own from
+        direct mode (our context): nothing in the blob tells the two apart."""
+        if self._context:
+            try:
+                return await self.unwrap(ciphertext)
+            except InvalidCiphertext:
+                pass  # not ours: ack-kms-plugin's, without a context
         from alibabacloud_kms20160120 import models
 
         request = models.DecryptRequest(ciphertext_blob=ciphertext.decode("ascii"))

@@ -174,6 +174,10 @@ class AwsKek(RemoteKek):
     def claims_legacy(self, ciphertext: bytes) -> bool:
         return looks_like_legacy(ciphertext)
 
+    def legacy_ignores_key_id(self) -> bool:
+        # aws-encryption-provider reports --key verbatim and ignores key_id on Decrypt.
+        return True
+
     # -- KMS calls -----------------------------------------------------------------------
 
     async def _run(self, operation: str, call: Callable[[], Any]) -> dict[str, Any]:

@@ -87,6 +87,12 @@ class RemoteKek(ABC):
         del ciphertext
         return False
 
+    def legacy_ignores_key_id(self) -> bool:
+        """Whether the replaced plugin's ciphertexts open whatever key_id they were stored
+        under: true where the blob names its own key (the KMS resolves it) and that plugin
+        never checked key_id, so its clusters hold objects under every --key it ever had."""
+        return False
+
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
         """Decrypt a ciphertext another plugin wrote (see `claims_legacy`)."""
         del ciphertext

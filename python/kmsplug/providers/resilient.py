@@ -167,6 +167,9 @@ class Resilient(RemoteKek):
     def credential_seconds_left(self) -> float | None:
         return self.inner.credential_seconds_left()
 
+    def legacy_ignores_key_id(self) -> bool:
+        return self.inner.legacy_ignores_key_id()
+
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
         return await self._call("unwrap", lambda: self.inner.unwrap_legacy(ciphertext))
 

@@ -78,6 +78,7 @@ SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S
 #: Transit ciphertext: what wrap returns and what vault-kubernetes-kms stored.
 _TRANSIT_TEXT = re.compile(rb"vault:v([0-9]{1,10}):[A-Za-z0-9+/]+={0,2}")
 _VERSION_NUMBER = re.compile(r"[0-9]{1,10}")
+_OUR_VERSION = re.compile(r"v[0-9]{1,10}|unknown")  # the version part of our key_ids
 #: Renew a token when this share of its TTL is spent (Vault's own watcher uses ~2/3).
 RENEW_AT = 2 / 3
 
@@ -257,7 +258,11 @@ class VaultKek(RemoteKek):
         return self._key_prefix + version
 
     def owns(self, key_id: str) -> bool:
-        if key_id.startswith(self._key_prefix) or key_id in self.settings.legacy_key_ids:
+        # Only the forms key_id produces: a stray suffix is a key_id we never issued.
+        version = key_id.removeprefix(self._key_prefix)
+        if version != key_id and _OUR_VERSION.fullmatch(version):
+            return True
+        if key_id in self.settings.legacy_key_ids:
             return True
         return self.settings.legacy_version_key_ids and bool(_VERSION_NUMBER.fullmatch(key_id))
 
