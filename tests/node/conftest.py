@@ -2,8 +2,10 @@
 (containerd + kubelet + static pods). Marked `node`; skip them with `-m "not node"` or
 KMSPLUG_SKIP_NODE=1. CI runs them (`make test` builds what they need: `make node-deps`).
 
-Where this machine refuses a step (no container engine, a kernel without overlayfs, a
-kubelet that cannot start), the tests that need it skip with the exact error.
+Without the tools (podman, containerd, runc: no root to install them) or the image, the
+tests skip and say which is missing; everything else that fails (a kubelet that cannot
+start, a pod that never gets ready) fails the test with the node's container states and
+log tails, since on this kind of machine every step works.
 """
 
 from __future__ import annotations
