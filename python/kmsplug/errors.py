@@ -20,6 +20,27 @@ class InvalidCiphertext(KmsplugError):
     """
 
 
+class InvalidRequest(KmsplugError):
+    """The request breaks the wire contract: undecodable protobuf, an empty plaintext, an
+    unsupported v1 version, a v2 Decrypt without key_id.
+
+    The message is a fixed phrase chosen by kmsplug (never a value from the request), so
+    it is safe to send back to the caller.
+    """
+
+
+class ShuttingDown(KmsplugError):
+    """The plugin received SIGTERM: calls that arrive now are refused so the caller retries
+    (kube-apiserver reaches the replacement on the same socket path)."""
+
+
+class InvalidInput(KmsplugError, ValueError):
+    """The core refused an argument out of range (an empty plaintext, a policy value).
+
+    Also a ValueError, as the core raised before this class existed.
+    """
+
+
 class UnknownKeyId(KmsplugError):
     """The key_id names no KEK this plugin can use."""
 

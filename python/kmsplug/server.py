@@ -1,15 +1,25 @@
 """The plugin process: claim the socket, serve both KMS APIs, stop without losing a call.
 
 Shutdown on SIGTERM/SIGINT: remove the socket file (new connections fail fast and a
-replacement can bind), keep serving until every call in flight has finished (bounded by
-the grace period), then stop the gRPC server. A second signal stops at once.
+replacement can bind); keep serving until the calls stop coming (a quiet gap) or the
+grace period ends; then answer every new call UNAVAILABLE (the caller retries, and
+reaches the replacement), let the calls being served finish, hang up the clients'
+connections and stop the gRPC server. A second signal stops at once.
+
+Why hang up rather than let grpc stop the connections: grpc core's shutdown cancels
+(RST_STREAM CANCEL) every call that reached it but not yet the Python loop, and every
+call sent in the moment before its GOAWAY reaches the client; under steady load that
+was a few CANCELLED calls per shutdown. A closed connection ends those calls UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,24 +32,42 @@ from kmsplug.endpoint import Endpoint
 from kmsplug.envelope import RotationPolicy
 from kmsplug.errors import ConfigError
 from kmsplug.metrics import Metrics
-from kmsplug.ops_http import Lifecycle, OpsServer, parse_address
+from kmsplug.ops_http import Lifecycle, OpsServer, listen, parse_address
 from kmsplug.service import KeyService
 from kmsplug.servicers import InflightCounter, register
 from kmsplug.sockets import SocketGuard
 
 log = logging.getLogger(__name__)
 
-# grpc core cancels calls beyond ~1,000 waiting for a handler by default; the apiserver
-# can send thousands at once after a restart, so size the queue deliberately.
-MAX_PENDING_CALLS = 65536
-
 # The gRPC health service answers for the server as a whole and for each KMS service.
 GRPC_HEALTH_NAMES = ("", "v2.KeyManagementService", "v1beta1.KeyManagementService")
 
+# Stream and queue limits (issue 12, point 3; figures in docs/security.md). They must hold
+# a real burst and a hostile flood alike:
+# - MAX_CONCURRENT_STREAMS per connection: grpc clients (grpc-go in kube-apiserver, grpc
+#   core in Python) queue calls beyond it instead of failing (measured: 5,000 concurrent
+#   round trips, all OK). Half-open streams are bounded by it: extra HEADERS are refused
+#   (REFUSED_STREAM) before they cost memory.
+# - grpc core's "overload protection" is off: it refuses a stream whenever more streams are
+#   allocated than the limit, counting those a client already saw finish but Python has
+#   not released yet, so a client that queues at the limit gets REFUSED_STREAM failures
+#   (measured: 4,103 of 5,000 grpc-go round trips at 128, 3,044 at 1,024).
+# - MAX_PENDING_CALLS: calls core holds until the Python loop takes them. A rapid-reset
+#   flood (HEADERS + RST_STREAM, which no stream limit counts) lands here; beyond the
+#   bound core drops them itself, so Python handles at most this many dead calls at a
+#   time (~80 us each) and memory stays flat. Legit callers stay below it: at most
+#   MAX_CONCURRENT_STREAMS per connection wait, and kube-apiserver holds a few connections.
+MAX_CONCURRENT_STREAMS = 128
+MAX_PENDING_CALLS = 1024
+
+# After the grace period, calls being served get this long to finish before the hang-up.
+FINISH_SECONDS = 2.0
+
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+    ("grpc.http.overload_protection", 0),
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
-    ("grpc.max_concurrent_streams", MAX_PENDING_CALLS),
     ("grpc.so_reuseport", 0),
 )
 
@@ -73,7 +101,8 @@ async def _bind(server: grpc.aio.Server, guard: SocketGuard, mode: int) -> None:
 
 
 async def _drain(inflight: InflightCounter, grace_period: float, quiet: float = 0.25) -> None:
-    """Wait until no call is in flight and none arrived for `quiet` s, or the grace ends."""
+    """Serve until no call arrived for `quiet` s or the grace period ends; then refuse new
+    calls (UNAVAILABLE) and let those being served finish."""
     with anyio.move_on_after(grace_period):
         seen = inflight.started
         idle_since = anyio.current_time()
@@ -84,7 +113,37 @@ async def _drain(inflight: InflightCounter, grace_period: float, quiet: float = 
                 seen = inflight.started
                 idle_since = now
             elif now - idle_since >= quiet:
-                return
+                break
+    inflight.draining = True
+    for _ in range(int(FINISH_SECONDS / 0.01)):
+        if not inflight.value:
+            break
+        await anyio.sleep(0.01)
+    await anyio.sleep(0.05)  # grpc core writes the last answers out
+
+
+def _hang_up(endpoint: Endpoint) -> int:
+    """Shut down every accepted connection on our socket (not the listener); returns how
+    many. Clients see the connection close: calls still unanswered end UNAVAILABLE."""
+    closed = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            conn = socket.socket(fileno=os.dup(int(name)))
+        except OSError:  # not a socket, or gone since listdir
+            continue
+        with conn:
+            try:
+                if conn.family != socket.AF_UNIX or conn.type != socket.SOCK_STREAM:
+                    continue
+                if conn.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue  # the listener
+                if conn.getsockname() not in (endpoint.sockaddr, endpoint.sockaddr.encode()):
+                    continue
+                conn.shutdown(socket.SHUT_RDWR)
+                closed += 1
+            except OSError:
+                continue
+    return closed
 
 
 async def serve(
@@ -98,6 +157,36 @@ async def serve(
 
     SIGHUP re-reads the rotation settings (`reread_policy`) and the remote key's state.
     """
+    # The HTTP port first: a second kmsplug on the host fails here, cleanly, before it
+    # touches a KMS or the socket.
+    http_socket = _listen_http(settings.http_address)
+    with contextlib.ExitStack() as cleanup:
+        if http_socket is not None:
+            cleanup.callback(http_socket.close)
+        await _serve(service, settings, http_socket, on_ready, reread_policy)
+    log.info("stopped")
+
+
+def _listen_http(address: str) -> socket.socket | None:
+    if not address:
+        return None
+    try:
+        return listen(*parse_address(address))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"cannot serve HTTP on {address!r}: {reason.lower()}; each kmsplug on a host "
+            "needs its own --http-address (or '' to turn it off)"
+        ) from None
+
+
+async def _serve(
+    service: KeyService,
+    settings: ServerSettings,
+    http_socket: socket.socket | None,
+    on_ready: Callable[[], None] | None,
+    reread_policy: Callable[[], RotationPolicy] | None,
+) -> None:
     await service.start()
     inflight = InflightCounter()
     metrics = Metrics()
@@ -117,13 +206,8 @@ async def serve(
         health = grpc_health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         await _bind(server, guard, settings.socket_mode)
-        if settings.http_address:
-            try:
-                address = await ops.start(*parse_address(settings.http_address))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"cannot serve HTTP on {settings.http_address!r}: {exc}"
-                ) from None
+        if http_socket is not None:
+            address = await ops.start(http_socket)
             log.info("metrics and health", extra={"url": f"http://{address}/metrics"})
         lifecycle.serving = True
         for name in GRPC_HEALTH_NAMES:
@@ -143,11 +227,12 @@ async def serve(
                 await health.enter_graceful_shutdown()
                 tasks.start_soon(_stop_now_on_second_signal, signals, server)
                 await _drain(inflight, settings.grace_period)
+                if sys.platform.startswith("linux"):
+                    log.debug("hung up", extra={"connections": _hang_up(settings.endpoint)})
                 await server.stop(grace=1.0)
                 lifecycle.serving = False
                 await ops.stop()
                 tasks.cancel_scope.cancel()
-    log.info("stopped")
 
 
 async def _reload_on_sighup(

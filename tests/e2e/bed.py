@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1] / "python"), str(HERE.parent)]
 
 from pki import EtcdPki, make_etcd_pki  # noqa: E402
-from ports import free_port  # noqa: E402
+from ports import PortTaken, free_port, port_taken, retry_port_clash  # noqa: E402
 
 from kmsplug.cluster.etcd import EtcdReader, EtcdTls  # noqa: E402
 
@@ -144,7 +144,7 @@ class ClusterBed:
         self.feature_gates = feature_gates
         self.extra_args = extra_args
         try:
-            self._start_etcd()
+            retry_port_clash(self._start_etcd, self._new_etcd_ports)
             self._write_credentials()
             self.start_apiserver(timeout=timeout)
         except BaseException:  # Ctrl-C or a failed start: leave no process behind
@@ -152,10 +152,17 @@ class ClusterBed:
             raise
         return self
 
+    def _new_etcd_ports(self) -> None:
+        self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+        # the failed start may have written its member (with the old peer URL) already
+        shutil.rmtree(self.workdir / "etcd-data", ignore_errors=True)
+
     def _start_etcd(self) -> None:
         etcd = str(etcd_binary())
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
-        log = (self.workdir / "etcd.log").open("ab")
+        log_path = self.workdir / "etcd.log"
+        log_start = log_path.stat().st_size if log_path.exists() else 0
+        log = log_path.open("ab")
         self.etcd = subprocess.Popen(
             [
                 etcd,
@@ -175,14 +182,19 @@ class ClusterBed:
         log.close()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:  # a read answers once etcd serves clients and has a leader
-                EtcdReader(self.etcd_url, tls=self.etcd_tls, timeout=1).get(b"/bed-start-probe")
-                return
-            except (OSError, ValueError):
-                pass
             if self.etcd.poll() is not None:
                 break
-            time.sleep(0.1)
+            try:  # a read answers once etcd serves clients and has a leader
+                EtcdReader(self.etcd_url, tls=self.etcd_tls, timeout=1).get(b"/bed-start-probe")
+            except (OSError, ValueError):
+                time.sleep(0.1)
+                continue
+            if self.etcd.poll() is None:  # ours answered, not a server that took the port
+                return
+        _end(self.etcd)
+        self.etcd = None
+        if port_taken(log_path.read_bytes()[log_start:].decode(errors="replace")):
+            raise PortTaken(f"etcd's ports {self.etcd_port}/{self.etcd_peer_port} were taken")
         raise RuntimeError(f"etcd did not start:\n{_tail(self.workdir / 'etcd.log')}")
 
     def _etcd_tls_flags(self) -> list[str]:
@@ -210,6 +222,9 @@ class ClusterBed:
     def _write_credentials(self) -> None:
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
         _service_account_keys(self.workdir)
+        self._write_kubeconfig()
+
+    def _write_kubeconfig(self) -> None:
         self.kubeconfig.write_text(
             json.dumps(
                 {
@@ -235,6 +250,15 @@ class ClusterBed:
         )
 
     def start_apiserver(self, timeout: float = 120.0) -> None:
+        """Start kube-apiserver; on a port another process took meanwhile (a restart keeps
+        its port), again on a new one, with the kubeconfig rewritten."""
+        retry_port_clash(lambda: self._start_apiserver_once(timeout), self._new_apiserver_port)
+
+    def _new_apiserver_port(self) -> None:
+        self.apiserver_port = free_port()
+        self._write_kubeconfig()
+
+    def _start_apiserver_once(self, timeout: float) -> None:
         assert self.encryption_config is not None
         args = [
             str(apiserver_binary()),
@@ -258,7 +282,9 @@ class ClusterBed:
         ]
         if self.feature_gates:
             args.append("--feature-gates=" + ",".join(self.feature_gates))
-        log = (self.workdir / "apiserver.log").open("ab")
+        log_path = self.workdir / "apiserver.log"
+        log_start = log_path.stat().st_size if log_path.exists() else 0
+        log = log_path.open("ab")
         self.apiserver = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + timeout
@@ -274,6 +300,8 @@ class ClusterBed:
             self.stop_apiserver()
             raise
         self.stop_apiserver()
+        if port_taken(log_path.read_bytes()[log_start:].decode(errors="replace")):
+            raise PortTaken(f"the apiserver's port {self.apiserver_port} was taken")
         raise RuntimeError(
             f"kube-apiserver did not get ready:\n{_tail(self.workdir / 'apiserver.log')}"
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from ports import free_port
+from ports import PortTaken, free_port, port_taken, retry_port_clash
 
 
 def bao_binary() -> str:
@@ -65,7 +65,18 @@ class DevServer:
         return self.cert_dir / "vault-ca.pem"
 
     def start(self, timeout: float = 15.0) -> DevServer:
-        self.port = self.port or free_port()
+        if self.port:  # a port chosen by the caller (a restart): no other to try
+            return self._start_once(timeout)
+        self.port = free_port()
+        return retry_port_clash(lambda: self._start_once(timeout), self._repick)
+
+    def _repick(self) -> None:
+        self.port = free_port()
+        if self._http is not None:  # bound to the old address
+            self._http.close()
+            self._http = None
+
+    def _start_once(self, timeout: float) -> DevServer:
         args = [
             bao_binary(),
             "server",
@@ -78,6 +89,7 @@ class DevServer:
             self.cert_dir.mkdir(exist_ok=True)
             args += ["-dev-tls", f"-dev-tls-cert-dir={self.cert_dir}"]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.workdir)}
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
@@ -85,12 +97,18 @@ class DevServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"bao exited: {self.log_path.read_text()[-2000:]}")
+                output = self.log_path.read_bytes()[log_start:].decode(errors="replace")
+                if port_taken(output):
+                    raise PortTaken(f"127.0.0.1:{self.port} taken before bao bound it")
+                raise RuntimeError(f"bao exited: {output[-2000:]}")
             if self.tls and not self.ca_cert.exists():
                 time.sleep(0.02)
                 continue
-            try:
-                if self.client().get("/v1/sys/health").status_code == 200:
+            try:  # our root token answers only on our server, not on one that took the port
+                lookup = self.client().get(
+                    "/v1/auth/token/lookup-self", headers={"X-Vault-Token": self.root_token}
+                )
+                if lookup.status_code == 200:
                     return self
             except httpx.TransportError:
                 pass

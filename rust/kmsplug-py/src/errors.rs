@@ -4,7 +4,7 @@
 //! their hierarchy and docstrings are plain Python.
 
 use kmsplug_core::Error;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::PyErr;
 
 pyo3::import_exception!(kmsplug.errors, InvalidCiphertext);
@@ -13,6 +13,7 @@ pyo3::import_exception!(kmsplug.errors, KekNotCached);
 pyo3::import_exception!(kmsplug.errors, PlaintextTooLarge);
 pyo3::import_exception!(kmsplug.errors, NeedsRotation);
 pyo3::import_exception!(kmsplug.errors, KeyFileError);
+pyo3::import_exception!(kmsplug.errors, InvalidInput);
 
 /// Map a core error to its Python exception. Messages come from the core's `Display`,
 /// which never includes key, plaintext or ciphertext bytes.
@@ -25,7 +26,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::PlaintextTooLarge => PlaintextTooLarge::new_err(msg),
         Error::NeedsRotation(_) => NeedsRotation::new_err(msg),
         Error::KeyFile { .. } => KeyFileError::new_err(msg),
-        Error::InvalidInput(_) => PyValueError::new_err(msg),
+        Error::InvalidInput(_) => InvalidInput::new_err(msg),
         Error::Internal(_) => PyRuntimeError::new_err(msg),
     }
 }
