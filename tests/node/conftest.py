@@ -32,6 +32,7 @@ from images import (
     pause_image,
 )
 from node import ControlPlaneNode, Images
+from ports import retry_port_clash
 
 HERE = Path(__file__).resolve().parent
 
@@ -100,7 +101,7 @@ def node(image: str, node_tools: tuple[Path, Path]) -> Iterator[ControlPlaneNode
     kubelet, crictl = node_tools
     control_plane = ControlPlaneNode(workdir, kubelet, crictl, images, archives)
     try:
-        control_plane.start()
+        retry_port_clash(control_plane.start, control_plane.repick_ports)
         yield control_plane
     finally:
         control_plane.stop()

@@ -30,7 +30,7 @@ sys.path[:0] = [str(HERE), str(HERE.parents[0] / "e2e"), str(HERE.parents[0])]
 from containerd import Containerd, remove_workdir  # noqa: E402
 from kubelet import CGROUP_ROOT, NODE_NAME, Kubelet  # noqa: E402
 from pki import EtcdPki, make_etcd_pki  # noqa: E402
-from ports import free_port  # noqa: E402
+from ports import PortTaken, free_port, port_taken  # noqa: E402
 from static_pods import (  # noqa: E402
     DEPLOY,
     Ports,
@@ -144,10 +144,19 @@ class ControlPlaneNode:
             )
             write_manifest(manifests, self.kmsplug_manifest)
             self.wait_ready(timeout)
-        except BaseException:
+        except BaseException as exc:
+            clash = isinstance(exc, RuntimeError) and port_taken(f"{exc}\n{self.diagnose()}")
             self.stop()
+            if clash:  # a port picked free was taken before etcd/apiserver/kubelet bound it
+                raise PortTaken(str(exc)) from exc
             raise
         return self
+
+    def repick_ports(self) -> None:
+        """New ports and a clean work directory, for a start after PortTaken."""
+        self.ports = Ports(free_port(), free_port(), free_port())
+        self.containerd = self.kubelet = None
+        remove_workdir(self.workdir)
 
     def _write_files(self) -> None:
         self.pki = make_etcd_pki(self.workdir / "pki")
