@@ -7,7 +7,7 @@
 - the systemd unit: `systemd-analyze verify`;
 - the Helm chart: `helm lint`, rendered for Alibaba and for Vault (its settings must be
   flags `kmsplug serve` accepts), each DaemonSet dry-run created on the real apiserver.
-The Dockerfile cannot be built here (no container engine): it is not validated.
+The image (deploy/Dockerfile) and the static pod on a real kubelet: tests/node.
 """
 
 from __future__ import annotations
