@@ -9,7 +9,7 @@ RUN_DIR := .run
 
 .PHONY: help
 help: ## Show the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,15 +36,28 @@ run: build ## Serve on the embedded local key (socket and key under .run/)
 	$(VENV)/bin/kmsplug serve --socket unix://$(abspath $(RUN_DIR))/kmsplug.sock \
 		--key-file $(abspath $(RUN_DIR))/local.key
 
-.PHONY: e2e-deps
-e2e-deps: ## Check Go, install SoftHSM; build etcd, kube-apiserver, helm, local-kms, the real peers (cached)
+.PHONY: test-deps
+test-deps: ## Check Go, install SoftHSM; build local-kms and the real peers (cached): what tests/ runs
 	tests/e2e/install-deps.sh
 	bash tests/hsm/install-deps.sh
 	bash tests/aws/build-local-kms.sh
+	bash tests/peers/build-peer.sh --all
+
+.PHONY: e2e-deps
+e2e-deps: test-deps ## Also build etcd, kube-apiserver, helm (cached by version)
 	tests/e2e/build-etcd.sh
 	tests/e2e/build-apiserver.sh
 	tests/e2e/build-helm.sh
-	bash tests/peers/build-peer.sh --all
+
+.PHONY: image
+image: build ## kmsplug's container image with podman, no registry (base from Debian packages)
+	deploy/image/build-image.sh
+
+.PHONY: node-deps
+node-deps: build e2e-deps ## podman, containerd (apt); kubelet, crictl (Go, cached); the image
+	@if [ "$$KMSPLUG_SKIP_NODE" = 1 ]; then echo "KMSPLUG_SKIP_NODE=1: node tests skipped"; else \
+		tests/node/install-deps.sh && tests/node/build-node-tools.sh >/dev/null && \
+		{ ! command -v podman >/dev/null || deploy/image/build-image.sh; }; fi
 
 .PHONY: fuzz-deps
 fuzz-deps: ## Install cargo-fuzz when a nightly toolchain is present (it needs one)
@@ -53,10 +66,20 @@ fuzz-deps: ## Install cargo-fuzz when a nightly toolchain is present (it needs o
 	else echo "no nightly toolchain: cargo-fuzz targets will be skipped"; fi
 
 .PHONY: test
-test: build e2e-deps fuzz-deps ## Build, then run every test (Rust, Python, real kube-apiserver + etcd)
+test: test-rust test-python test-e2e ## Every test: Rust, Python, real kube-apiserver + etcd, a real node
+
+.PHONY: test-rust
+test-rust: ## Rust: unit, proptest and golden-vector tests of both crates
 	cargo test --workspace --release --quiet
+
+.PHONY: test-python
+test-python: build test-deps fuzz-deps ## Python: all but e2e and node (PYTEST_ARGS='-m "not packaging"': no wheel)
 	$(PY) -m pytest benches --benchmark-disable -q -p no:cacheprovider  # the benchmarks still run
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/e2e --ignore=tests/node $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: build e2e-deps node-deps ## tests/e2e and tests/node: real kube-apiserver, etcd, kubelet
+	$(PY) -m pytest tests/e2e tests/node $(PYTEST_ARGS)
 
 .PHONY: cluster
 cluster: build e2e-deps ## Real etcd + kube-apiserver using `make run`'s socket (run that first)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 import anyio
 
-from kmsplug.bench import Result
+from kmsplug.bench.engine import Result
 
 MERGE_PATCH = "application/merge-patch+json"
 

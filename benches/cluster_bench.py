@@ -64,7 +64,7 @@ from peers.runners import (  # noqa: E402
     vault_kubernetes_kms,
 )
 
-from kmsplug.bench import Plan, run  # noqa: E402
+from kmsplug.bench.engine import Plan, run  # noqa: E402
 from kmsplug.encryption_config import encryption_configuration  # noqa: E402
 from kmsplug.endpoint import Endpoint  # noqa: E402
 

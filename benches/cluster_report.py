@@ -280,7 +280,7 @@ def targets(
 
 def write_plots(results: Row, directory: Path) -> list[Path]:
     """create-latency CDF per case, cold LIST bars, plugin throughput vs concurrency."""
-    from kmsplug.bench_plots import latency_cdf, pyplot, save
+    from kmsplug.bench.plots import latency_cdf, pyplot, save
 
     kms = sorted(
         {condition(r) for r in results["cases"] if condition(r) is not None},

@@ -168,7 +168,7 @@ def linearity(case: str, steps: dict[int, Row]) -> list[str]:
 
 def write_plots(results: Row, directory: Path) -> list[Path]:
     """One PNG per figure that should grow linearly (or stay flat) with the count."""
-    from kmsplug.bench_plots import pyplot, save
+    from kmsplug.bench.plots import pyplot, save
 
     cases = by_case(results)
     written = []

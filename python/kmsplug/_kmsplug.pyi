@@ -14,10 +14,18 @@ from os import PathLike
 from typing import Final, final
 
 __all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_CACHE_TTL_SECONDS",
+    "DEFAULT_MAX_AGE_SECONDS",
+    "DEFAULT_MAX_SEALS",
+    "DEFAULT_ROTATE_AFTER_SEALS",
     "FORMAT_VERSION",
     "MAX_ANNOTATIONS_BYTES",
     "MAX_KEY_ID",
     "MAX_PLAINTEXT",
+    "MAX_SEALS_LIMIT",
+    "MODE_DIRECT",
+    "MODE_HIERARCHY",
     "V1_MAX_CIPHERTEXT",
     "V2_MAX_CIPHERTEXT",
     "Keyring",
@@ -52,12 +60,36 @@ MAX_PLAINTEXT: Final[int]
 FORMAT_VERSION: Final[int]
 """The ciphertext format version written and read (1)."""
 
+MODE_HIERARCHY: Final[int]
+"""``peek``'s mode of an envelope whose DEK a local KEK sealed (1)."""
+
+MODE_DIRECT: Final[int]
+"""``peek``'s mode of an envelope whose DEK the provider wrapped itself (2)."""
+
+DEFAULT_ROTATE_AFTER_SEALS: Final[int]
+"""The rotation policy's default soft seal budget of a local KEK."""
+
+DEFAULT_MAX_SEALS: Final[int]
+"""The rotation policy's default hard seal budget of a local KEK."""
+
+DEFAULT_MAX_AGE_SECONDS: Final[float]
+"""The rotation policy's default soft age limit of a local KEK (sealing stops at twice)."""
+
+DEFAULT_CACHE_SIZE: Final[int]
+"""The default number of non-current local KEKs kept unwrapped."""
+
+DEFAULT_CACHE_TTL_SECONDS: Final[float]
+"""The default life of a cached local KEK."""
+
+MAX_SEALS_LIMIT: Final[int]
+"""The largest ``max_seals`` allowed: random 96-bit nonces, at most 2**32 seals per key."""
+
 def peek(ciphertext: bytes | bytearray) -> tuple[int, str, bytes]:
     """Parse a ciphertext's header, for routing: ``(mode, key_id, wrapped)``.
 
-    ``mode`` is 1 (hierarchy: ``wrapped`` is the wrapped local KEK) or 2 (direct:
-    ``wrapped`` is the provider's wrapped DEK). The whole structure is validated, so a
-    successful peek means a well-formed envelope; nothing is decrypted.
+    ``mode`` is ``MODE_HIERARCHY`` (``wrapped`` is the wrapped local KEK) or
+    ``MODE_DIRECT`` (``wrapped`` is the provider's wrapped DEK). The whole structure is
+    validated, so a successful peek means a well-formed envelope; nothing is decrypted.
 
     Raises:
         InvalidCiphertext: the bytes are not a kmsplug format-v1 envelope.
@@ -134,13 +166,13 @@ class Keyring:
     def __new__(
         cls,
         *,
-        rotate_after_seals: int = 4194304,
-        max_seals: int = 16777216,
-        max_age_seconds: float = 604800.0,
-        cache_size: int = 4096,
-        cache_ttl_seconds: float = 86400.0,
+        rotate_after_seals: int = ...,
+        max_seals: int = ...,
+        max_age_seconds: float = ...,
+        cache_size: int = ...,
+        cache_ttl_seconds: float = ...,
     ) -> Keyring:
-        """Make an empty keyring.
+        """Make an empty keyring; a policy argument left out takes its ``DEFAULT_*`` value.
 
         Raises:
             ValueError: ``rotate_after_seals`` < 1, ``max_seals`` < ``rotate_after_seals``

@@ -1,9 +1,10 @@
 """The exceptions kmsplug raises.
 
 They are defined here, in Python, and the Rust extension raises these very classes, so
-the hierarchy is plain Python and type checkers see it without stubs. No message ever
-carries key material, plaintext or ciphertext bytes: messages name what was wrong, not
-the value.
+the hierarchy is plain Python and type checkers see it without stubs. Each class owns its
+message: raised bare (`raise InvalidCiphertext`) it says what it means, and a message is
+given only to add a fact (which setting, which file). No message ever carries key
+material, plaintext or ciphertext bytes: messages name what was wrong, not the value.
 """
 
 from __future__ import annotations
@@ -12,12 +13,20 @@ from __future__ import annotations
 class KmsplugError(Exception):
     """Base class of every error kmsplug raises on purpose."""
 
+    #: What the error says when raised without a message.
+    message = ""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ((self.message,) if self.message else ())))
+
 
 class InvalidCiphertext(KmsplugError):
     """The ciphertext is not one we can open: not ours, truncated, tampered or random.
 
     Deliberately detail-free: which check failed is of use to an attacker only.
     """
+
+    message = "invalid ciphertext"
 
 
 class InvalidRequest(KmsplugError):
@@ -44,21 +53,29 @@ class InvalidInput(KmsplugError, ValueError):
 class UnknownKeyId(KmsplugError):
     """The key_id names no KEK this plugin can use."""
 
+    message = "unknown key_id"
+
 
 class KekNotCached(KmsplugError):
     """The local KEK that sealed a ciphertext is not unwrapped yet.
 
-    An internal signal from the core to the envelope layer, which unwraps the KEK
-    through its provider and retries; it never reaches a caller.
+    An internal signal from the core to the sealer, which unwraps the KEK through its
+    provider and retries; it never reaches a caller.
     """
+
+    message = "the local KEK of this ciphertext is not cached"
 
 
 class PlaintextTooLarge(KmsplugError):
     """The plaintext is larger than the plugin seals (DEKs are 32 bytes)."""
 
+    message = "plaintext is too large"
+
 
 class NeedsRotation(KmsplugError):
     """There is no usable local KEK: none yet, or its budget or age is spent."""
+
+    message = "no usable local KEK"
 
 
 class KeyFileError(KmsplugError):

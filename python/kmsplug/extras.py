@@ -20,7 +20,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "vault": ("httpx",),
     "pkcs11": ("pkcs11",),
     "cluster": ("kubernetes", "tqdm"),
-    "bench": ("tqdm", "matplotlib"),
+    "bench": ("tqdm", "cachetools", "matplotlib"),
 }
 
 

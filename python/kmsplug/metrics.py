@@ -71,8 +71,8 @@ class _ServiceCollector(Collector):
 
     def collect(self) -> Iterator[Family]:
         service = self.service
-        envelope = service.envelope
-        stats = envelope.stats()
+        sealer = service.sealer
+        stats = sealer.stats()
         healthy = GaugeMetricFamily(
             "kmsplug_healthy", "1 when the last health probe of the write KEK passed."
         )
@@ -81,29 +81,29 @@ class _ServiceCollector(Collector):
         key = GaugeMetricFamily(
             "kmsplug_key_id_info", "The current write key_id, hashed.", labels=["key_id_hash"]
         )
-        key.add_metric([key_id_hash(envelope.key_id)], 1.0)
+        key.add_metric([key_id_hash(sealer.key_id)], 1.0)
         yield key
         seals = GaugeMetricFamily(
             "kmsplug_local_kek_seals", "DEKs sealed under the current local KEK."
         )
-        seals.add_metric([], float(stats.get("seals", 0)))
+        seals.add_metric([], float(stats.seals))
         yield seals
         age = GaugeMetricFamily("kmsplug_local_kek_age_seconds", "Age of the current local KEK.")
-        age.add_metric([], float(stats.get("current_age_seconds", 0)))
+        age.add_metric([], float(stats.current_age_seconds))
         yield age
         rotations = CounterMetricFamily(
             "kmsplug_local_kek_rotations", "Local KEKs retired for a new one."
         )
-        rotations.add_metric([], float(stats.get("rotations", 0)))
+        rotations.add_metric([], float(stats.rotations))
         yield rotations
         cache = GaugeMetricFamily("kmsplug_kek_cache_size", "Unwrapped local KEKs held in memory.")
-        cache.add_metric([], float(stats.get("cache_len", 0)))
+        cache.add_metric([], float(stats.cache_len))
         yield cache
         lookups = CounterMetricFamily(
             "kmsplug_kek_cache_lookups", "Local KEK lookups on open.", labels=["result"]
         )
-        lookups.add_metric(["hit"], float(stats.get("cache_hits", 0)))
-        lookups.add_metric(["miss"], float(stats.get("cache_misses", 0)))
+        lookups.add_metric(["hit"], float(stats.cache_hits))
+        lookups.add_metric(["miss"], float(stats.cache_misses))
         yield lookups
         yield from _provider_metrics(service)
 
@@ -140,7 +140,7 @@ def _provider_metrics(service: KeyService) -> Iterator[Family]:
         "Seconds until the provider's credential expires (renewed before it does).",
         labels=["provider"],
     )
-    for provider in service.envelope.providers:
+    for provider in service.sealer.providers:
         if not isinstance(provider, Resilient):
             continue
         for operation, row in provider.stats.latency.items():

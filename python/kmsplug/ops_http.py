@@ -190,7 +190,7 @@ class OpsServer:
         ready = (
             self.lifecycle.serving
             and not self.lifecycle.draining
-            and bool(self.service.envelope.key_id)
+            and bool(self.service.sealer.key_id)
         )
         return web.Response(status=200 if ready else 503, text="ok\n" if ready else "not ready\n")
 

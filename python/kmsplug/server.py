@@ -28,8 +28,8 @@ import grpc
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kmsplug.core import RotationPolicy
 from kmsplug.endpoint import Endpoint
-from kmsplug.envelope import RotationPolicy
 from kmsplug.errors import ConfigError
 from kmsplug.metrics import Metrics
 from kmsplug.ops_http import Lifecycle, OpsServer, listen, parse_address

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from kmsplug.envelope import Envelope, RotationPolicy
+from kmsplug.core import RotationPolicy
 from kmsplug.errors import KeyRevoked, ProviderUnavailable
+from kmsplug.sealer import Sealer
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("kmsplug.audit")
 
 HEALTHY = "ok"
+#: Seconds between background checks of the write KEK (`serve --health-probe-interval`).
+PROBE_INTERVAL = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,18 +55,18 @@ class HealthState:
 
 
 class KeyService:
-    """encrypt / decrypt / status for any API version, on top of an Envelope."""
+    """encrypt / decrypt / status for any API version, on top of a Sealer."""
 
     def __init__(
         self,
-        envelope: Envelope,
+        sealer: Sealer,
         *,
-        probe_interval: float = 30.0,
+        probe_interval: float = PROBE_INTERVAL,
         probe_timeout: float = 2.5,
         maintenance_interval: float = 5.0,
         refresh_interval: float = 300.0,
     ) -> None:
-        self.envelope = envelope
+        self.sealer = sealer
         self.health = HealthState()
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
@@ -73,7 +76,7 @@ class KeyService:
     async def encrypt(self, plaintext: bytes) -> EncryptResult:
         if self.health.revoked:  # no new data may come to depend on a revoked key
             raise KeyRevoked(self.health.revoked)
-        ciphertext, key_id = await self.envelope.seal(plaintext)
+        ciphertext, key_id = await self.sealer.seal(plaintext)
         return EncryptResult(ciphertext, key_id)
 
     async def decrypt(
@@ -83,10 +86,10 @@ class KeyService:
         annotations: Mapping[str, bytes] | None = None,
     ) -> bytes:
         del annotations  # kmsplug ciphertexts describe themselves
-        return await self.envelope.open(ciphertext, key_id)
+        return await self.sealer.open(ciphertext, key_id)
 
     def status(self) -> StatusResult:
-        return StatusResult(self.health.healthz, self.envelope.key_id)
+        return StatusResult(self.health.healthz, self.sealer.key_id)
 
     def apiserver_status(self) -> StatusResult:
         """What the apiserver's Status poll gets: the status, or KeyRevoked while the KMS
@@ -100,10 +103,10 @@ class KeyService:
     async def start(self) -> None:
         """Check the key, make the first local KEK and the first health verdict."""
         try:
-            for line in await self.envelope.writer.preflight():
+            for line in await self.sealer.writer.preflight():
                 log.info("preflight: %s", line)
                 audit.info("preflight passed", extra={"event": "preflight", "detail": line})
-            await self.envelope.start()
+            await self.sealer.start()
         except ProviderUnavailable as exc:  # say why a restart during an outage cannot work
             raise ProviderUnavailable(
                 f"cannot start while the KMS is unavailable: {exc}. kmsplug keeps no key on "
@@ -118,10 +121,10 @@ class KeyService:
         state = self.health
         try:
             with anyio.fail_after(self._probe_timeout):
-                await self.envelope.writer.health()
+                await self.sealer.writer.health()
         except Exception as exc:  # any failure makes the verdict unhealthy
             state.consecutive_failures += 1
-            kind = self.envelope.writer.kind
+            kind = self.sealer.writer.kind
             state.healthz = f"{kind} KEK unavailable: {type(exc).__name__}"
             log.warning("health probe failed", extra={"error": type(exc).__name__})
             if isinstance(exc, KeyRevoked):
@@ -139,7 +142,7 @@ class KeyService:
             message = "write key revoked: sealing stopped" if reason else "write key usable again"
             log.warning(message)
             audit.info(message, extra={"event": "revoked" if reason else "restored",
-                                       "key_id": self.envelope.key_id})  # fmt: skip
+                                       "key_id": self.sealer.key_id})  # fmt: skip
         self.health.revoked = reason
 
     async def run_background(self) -> None:
@@ -160,37 +163,37 @@ class KeyService:
             if anyio.current_time() - last_refresh >= self._refresh_interval:
                 last_refresh = anyio.current_time()
                 try:
-                    await self.envelope.writer.refresh()
+                    await self.sealer.writer.refresh()
                 except Exception as exc:  # the next refresh tries again
                     log.warning("key refresh failed", extra={"error": type(exc).__name__})
-            if self.envelope.needs_rotation():
-                before = self.envelope.key_id
+            if self.sealer.needs_rotation():
+                before = self.sealer.key_id
                 try:
-                    await self.envelope.rotate()
+                    await self.sealer.rotate()
                 except Exception as exc:  # retried on the next tick; seals go on meanwhile
                     log.warning("local KEK rotation failed", extra={"error": type(exc).__name__})
                 else:
                     self._audit_key("new local KEK", "rotation")
-                    if self.envelope.key_id != before:
+                    if self.sealer.key_id != before:
                         self._audit_key("key_id changed", "new-key-id", previous=before)
 
     async def reload(self, policy: RotationPolicy | None = None) -> None:
         """Apply new rotation settings, re-read the write key's state, rotate if it moved,
         and probe health; no call drops. A bad setting keeps the old ones."""
-        before = self.envelope.key_id
+        before = self.sealer.key_id
         if policy is not None:
             try:
-                self.envelope.set_policy(policy)
+                self.sealer.set_policy(policy)
             except ValueError as exc:
                 log.warning("reload: rotation settings refused", extra={"error": str(exc)})
             else:
                 log.info("reload: rotation settings applied")
         try:
-            for provider in self.envelope.providers:
+            for provider in self.sealer.providers:
                 await provider.reload_credentials()
-            await self.envelope.writer.refresh()
-            if self.envelope.needs_rotation():
-                await self.envelope.rotate()
+            await self.sealer.writer.refresh()
+            if self.sealer.needs_rotation():
+                await self.sealer.rotate()
         except Exception as exc:  # the old state keeps serving
             log.warning("reload failed", extra={"error": type(exc).__name__})
             return
@@ -198,13 +201,12 @@ class KeyService:
         self._audit_key("reloaded", "reload", previous=before)
 
     def _audit_key(self, message: str, event: str, **extra: str) -> None:
-        stats = self.envelope.stats()
         audit.info(
             message,
             extra={
                 "event": event,
-                "key_id": self.envelope.key_id,
-                "rotations": stats.get("rotations", 0),
+                "key_id": self.sealer.key_id,
+                "rotations": self.sealer.stats().rotations,
                 **extra,
             },
         )

@@ -31,7 +31,7 @@ from google.protobuf.message import DecodeError
 from kmsplug import __version__
 from kmsplug._proto.v1beta1 import api_pb2 as v1
 from kmsplug._proto.v2 import api_pb2 as v2
-from kmsplug.envelope import V1_MAX_CIPHERTEXT, V2_MAX_CIPHERTEXT
+from kmsplug.core import V1_MAX_CIPHERTEXT, V2_MAX_CIPHERTEXT
 from kmsplug.errors import (
     ConfigError,
     InvalidCiphertext,
@@ -79,7 +79,7 @@ _ERROR_STATUS: tuple[tuple[type[KmsplugError], grpc.StatusCode, str | None], ...
     (NeedsRotation, grpc.StatusCode.UNAVAILABLE, "no usable key-encryption key"),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE, "shutting down"),
     (ProviderRefused, grpc.StatusCode.FAILED_PRECONDITION, "KMS provider refused"),
-    # Never expected on a call: the envelope handles KekNotCached, the rest are start-up.
+    # Never expected on a call: the sealer handles KekNotCached, the rest are start-up.
     (KekNotCached, *_INTERNAL),
     (KeyFileError, *_INTERNAL),
     (ConfigError, *_INTERNAL),

@@ -7,7 +7,7 @@
 - the systemd unit: `systemd-analyze verify`;
 - the Helm chart: `helm lint`, rendered for Alibaba and for Vault (its settings must be
   flags `kmsplug serve` accepts), each DaemonSet dry-run created on the real apiserver.
-The Dockerfile cannot be built here (no container engine): it is not validated.
+The image (deploy/Dockerfile) and the static pod on a real kubelet: tests/node.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def render_daemonset(chart: Path, *values: str) -> dict[str, Any]:
 def render_vault(chart: Path, tmp: Path) -> dict[str, Any]:
     """The chart for Vault: settings become flags `kmsplug serve` accepts, the token file
     comes from a mounted Secret, extra volumes are mounted."""
-    from kmsplug.cli import serve
+    from kmsplug.cli.serve import serve
 
     values = tmp / "vault-values.yaml"
     values.write_text(

@@ -39,11 +39,11 @@ from test_kms_e2e import kmsplug_cli, make_secrets, read_back
 
 from kmsplug._proto.v2.encrypted_object_pb2 import EncryptedObject
 from kmsplug.client import KmsClient
+from kmsplug.core import peek
 from kmsplug.encryption_config import encryption_configuration
 from kmsplug.endpoint import Endpoint
-from kmsplug.envelope import peek
 from kmsplug.errors import InvalidCiphertext
-from kmsplug.providers.alibaba import looks_like_ack_ciphertext
+from kmsplug.providers.alibaba.kek import looks_like_ack_ciphertext
 
 from bed import ClusterBed
 from configs import write_config

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from kmsplug.app import alibaba_provider
-from kmsplug.providers.alibaba import AlibabaSettings
-from kmsplug.providers.base import RemoteKek
-from kmsplug.providers.resilient import ResiliencePolicy
+from kmsplug.providers.alibaba.kek import build
+from kmsplug.providers.alibaba.settings import AlibabaSettings
+from kmsplug.providers.base import KekProvider
+from kmsplug.providers.resilient import ResiliencePolicy, Resilient
 
 from fakes.alibaba_kms import FakeAlibabaKms
 
@@ -21,8 +21,8 @@ def provider(
     env: dict[str, str] | None = None,
     policy: ResiliencePolicy | None = None,
     **settings: object,
-) -> RemoteKek:
-    return alibaba_provider(
+) -> KekProvider:
+    kek = build(
         AlibabaSettings(
             key=key,
             region=fake.region,
@@ -32,5 +32,5 @@ def provider(
             **settings,  # type: ignore[arg-type]
         ),
         env or env_for(fake),
-        policy,
     )
+    return Resilient(kek, policy)

@@ -24,36 +24,36 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from kmsplug.envelope import Envelope
     from kmsplug.errors import InvalidCiphertext, UnknownKeyId
-    from kmsplug.providers.local import LocalKek
+    from kmsplug.providers.local import KeyFileKek
+    from kmsplug.sealer import Sealer
 
 # A fixed test key (never used outside this fuzzer) so corpus ciphertexts stay openable.
 ROOT_KEY = hashlib.sha256(b"kmsplug fuzz root key, test only").digest()
 PLAINTEXTS = [b"ping", b"\x00" * 32, bytes(range(32)), b"x" * 512]
 
 
-def _envelope(hierarchy: bool) -> tuple[Envelope, asyncio.AbstractEventLoop]:
+def _sealer(hierarchy: bool) -> tuple[Sealer, asyncio.AbstractEventLoop]:
     directory = Path(tempfile.mkdtemp(prefix="kmsplug-fuzz-"))
     key_file = directory / "root.key"
     key_file.write_bytes(ROOT_KEY)
     key_file.chmod(0o600)
-    envelope = Envelope(LocalKek.open(key_file), hierarchy=hierarchy)
+    sealer = Sealer(KeyFileKek.open(key_file), hierarchy=hierarchy)
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(envelope.start())
-    return envelope, loop
+    loop.run_until_complete(sealer.start())
+    return sealer, loop
 
 
-ENVELOPE, LOOP = _envelope(hierarchy=True)
-KEY_ID = ENVELOPE.key_id
-SEALED = {LOOP.run_until_complete(ENVELOPE.seal(p))[0]: p for p in PLAINTEXTS}
-SEALED.update({LOOP.run_until_complete(ENVELOPE.writer.wrap(p)): p for p in PLAINTEXTS})
+SEALER, LOOP = _sealer(hierarchy=True)
+KEY_ID = SEALER.key_id
+SEALED = {LOOP.run_until_complete(SEALER.seal(p))[0]: p for p in PLAINTEXTS}
+SEALED.update({LOOP.run_until_complete(SEALER.writer.wrap(p)): p for p in PLAINTEXTS})
 
 
 def test_one_input(data: bytes) -> None:
     for key_id in (None, KEY_ID):
         try:
-            opened = LOOP.run_until_complete(ENVELOPE.open(data, key_id))
+            opened = LOOP.run_until_complete(SEALER.open(data, key_id))
         except (InvalidCiphertext, UnknownKeyId):
             continue
         # This root key only ever sealed PLAINTEXTS (here or in the run that wrote the

@@ -26,6 +26,7 @@ def _nightly() -> bool:
     shutil.which("rustup") is None or not _nightly(), reason="no nightly/cargo-fuzz"
 )
 @pytest.mark.parametrize("target", ["parse", "open"])
+@pytest.mark.timeout(1000)  # the subprocess's own bound (a cold instrumented build) and more
 def test_cargo_fuzz_bounded(target: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [

@@ -20,9 +20,9 @@ import pytest
 
 from kmsplug.app import build_service
 from kmsplug.client import KmsClient
-from kmsplug.envelope import Envelope
 from kmsplug.errors import InvalidCiphertext, ProviderRefused, ProviderUnavailable
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+from kmsplug.sealer import Sealer
 
 from fakes.alibaba_kms import FakeAlibabaKms
 from fakes.alibaba_provider import env_for, provider
@@ -167,11 +167,11 @@ async def test_ack_ciphertexts_decrypt_and_compat_mode_round_trips(fake: FakeAli
     dek = secrets.token_bytes(32)
     legacy = await ack.wrap(dek)
     assert legacy == legacy.strip() and base64.b64decode(legacy)
-    modern = Envelope(provider(fake, key, env))
+    modern = Sealer(provider(fake, key, env))
     await modern.start()
     assert await modern.open(legacy) == dek  # v1: no key_id
     assert await modern.open(legacy, key) == dek  # v2: ack reported --key-id as key_id
-    compat = Envelope(ack, hierarchy=False)
+    compat = Sealer(ack, hierarchy=False)
     ciphertext, key_id = await compat.seal(dek)
     assert key_id == key
     assert await ack.unwrap_legacy(ciphertext) == dek  # what ack-kms-plugin would do
@@ -235,7 +235,7 @@ def test_ack_kms_plugin_command_line_is_a_drop_in(fake: FakeAlibabaKms, short_tm
         "KMSPLUG_KMS_PROTOCOL": "http",  # the fake speaks plain HTTP; ack always uses HTTPS
         "KMSPLUG_HTTP_ADDRESS": "127.0.0.1:0",
     }
-    ack = [sys.executable, "-c", "from kmsplug.cli import ack_main; ack_main()"]
+    ack = [sys.executable, "-c", "from kmsplug.cli.ack import ack_main; ack_main()"]
     log = (short_tmp / "ack.log").open("wb")
     serve = subprocess.Popen(
         [

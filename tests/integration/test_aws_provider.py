@@ -15,7 +15,6 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from botocore.stub import Stubber
 
-from kmsplug.envelope import Envelope
 from kmsplug.errors import (
     ConfigError,
     InvalidCiphertext,
@@ -24,15 +23,10 @@ from kmsplug.errors import (
     ProviderTransient,
     ProviderUnavailable,
 )
-from kmsplug.providers.aws import (
-    AwsKek,
-    AwsSettings,
-    aws_provider,
-    aws_settings_from_env,
-    classify_error,
-    make_client,
-)
+from kmsplug.providers.aws.kek import AwsKek, build, classify_error, make_client
+from kmsplug.providers.aws.settings import AwsSettings, settings_from_env
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+from kmsplug.sealer import Sealer
 
 from aws.emulator import CREDENTIALS, REGION, LocalKms
 
@@ -48,8 +42,7 @@ async def make(kms: LocalKms) -> AsyncIterator[Make]:
 
     def factory(key: str, **fields: Any) -> Resilient:
         settings = AwsSettings(key=key, region=REGION, endpoint_url=kms.endpoint, **fields)
-        kek = aws_provider(settings, CREDENTIALS, FAST)
-        assert isinstance(kek, Resilient)
+        kek = Resilient(build(settings, CREDENTIALS), FAST)
         made.append(kek)
         return kek
 
@@ -127,25 +120,25 @@ async def test_aws_encryption_provider_ciphertext_opens(kms: LocalKms, make: Mak
     legacy = b"1" + blob["CiphertextBlob"]
     kek = make("alias/legacy", encryption_context=context)
     await kek.preflight()
-    envelope = Envelope(kek)
-    await envelope.start()
+    sealer = Sealer(kek)
+    await sealer.start()
     assert kek.claims_legacy(legacy) and not kek.claims_legacy(b"\xc9" + legacy[1:])
-    assert await envelope.open(legacy) == dek  # v1: no key_id
-    assert await envelope.open(legacy, "alias/legacy") == dek  # v2: its --key verbatim
-    assert await envelope.open(legacy, f"aws:{arn}") == dek
+    assert await sealer.open(legacy) == dek  # v1: no key_id
+    assert await sealer.open(legacy, "alias/legacy") == dek  # v2: its --key verbatim
+    assert await sealer.open(legacy, f"aws:{arn}") == dek
     with pytest.raises(InvalidCiphertext):
-        await envelope.open(legacy[:-1] + bytes([legacy[-1] ^ 1]))
+        await sealer.open(legacy[:-1] + bytes([legacy[-1] ^ 1]))
 
 
 async def test_direct_mode_writes_aws_encryption_provider_format(kms: LocalKms, make: Make) -> None:
     arn = kms.create_key()
     kek = make(arn, encryption_context={"c": "1"})
     await kek.preflight()
-    envelope = Envelope(kek, hierarchy=False)
+    sealer = Sealer(kek, hierarchy=False)
     dek = secrets.token_bytes(32)
-    ciphertext, key_id = await envelope.seal(dek)
+    ciphertext, key_id = await sealer.seal(dek)
     assert ciphertext[:1] == b"1" and key_id == f"aws:{arn}"
-    assert await envelope.open(ciphertext, key_id) == dek
+    assert await sealer.open(ciphertext, key_id) == dek
     # what aws-encryption-provider would do with it: strip the '1', Decrypt
     blob = kms.client().decrypt(CiphertextBlob=ciphertext[1:], EncryptionContext={"c": "1"})
     assert blob["Plaintext"] == dek
@@ -155,12 +148,12 @@ async def test_hierarchy_costs_one_encrypt(kms: LocalKms, make: Make) -> None:
     kek = make(kms.create_key())
     await kek.preflight()
     before = kek.stats.calls.get(("wrap", "ok"), 0)
-    envelope = Envelope(kek)
-    await envelope.start()
-    sealed = [await envelope.seal(secrets.token_bytes(32)) for _ in range(1000)]
+    sealer = Sealer(kek)
+    await sealer.start()
+    sealed = [await sealer.seal(secrets.token_bytes(32)) for _ in range(1000)]
     assert kek.stats.calls.get(("wrap", "ok"), 0) - before == 1
     ciphertext, key_id = sealed[-1]
-    fresh = Envelope(kek)  # a restarted plugin: one Decrypt for the local KEK
+    fresh = Sealer(kek)  # a restarted plugin: one Decrypt for the local KEK
     assert len(await fresh.open(ciphertext, key_id)) == 32
 
 
@@ -212,7 +205,7 @@ async def test_unreachable_endpoint_is_transient() -> None:
 
 
 def test_settings_from_env() -> None:
-    settings = aws_settings_from_env(
+    settings = settings_from_env(
         {
             "KMSPLUG_AWS_KEY": "alias/k",
             "AWS_DEFAULT_REGION": "us-east-1",
@@ -225,10 +218,10 @@ def test_settings_from_env() -> None:
     assert settings.encryption_context == {"a": "b", "c": "d"}
     assert settings.legacy_key_ids == ("x", "y")
     env = {"KMSPLUG_AWS_KEY": "k", "KMSPLUG_AWS_ENCRYPTION_CONTEXT": '{"a": "b"}'}
-    assert aws_settings_from_env(env).encryption_context == {"a": "b"}
+    assert settings_from_env(env).encryption_context == {"a": "b"}
     for bad in ({}, {"KMSPLUG_AWS_KEY": "k", "KMSPLUG_AWS_ENCRYPTION_CONTEXT": "{x"}):
         with pytest.raises(ConfigError):
-            aws_settings_from_env(bad)
+            settings_from_env(bad)
 
 
 def test_owns_legacy_key_ids(tmp_path: Path) -> None:

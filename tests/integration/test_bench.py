@@ -6,8 +6,6 @@ import json
 import subprocess
 import sys
 
-from kmsplug.bench import DekCache
-
 from plugin_process import PluginProcess
 
 
@@ -59,13 +57,20 @@ def test_plots_are_written(plugin: PluginProcess, tmp_path: object) -> None:
         assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
-def test_dek_cache_is_an_lru() -> None:
-    cache = DekCache(2)
-    cache.put(b"a", b"1")
-    cache.put(b"b", b"2")
-    assert cache.get(b"a") == b"1"
-    cache.put(b"c", b"3")  # evicts b, the least recently used
-    assert cache.get(b"b") is None and cache.get(b"a") == b"1"
+def test_the_dek_cache_holds_what_fits_and_can_be_off(plugin: PluginProcess) -> None:
+    """The apiserver's v1 cache: with room for every stored Secret, each is decrypted at
+    most once; with no cache, every read reaches the plugin."""
+    cached, uncached = (
+        bench(
+            plugin,
+            *("--workload", "v1-read", "--concurrency", "1", "--duration", "30"),
+            *("--max-requests", "400", "--stored", "20", "--cache-size", size),
+        )[0]
+        for size in ("20", "0")
+    )
+    assert cached["requests"] == uncached["requests"] == 400
+    assert 1 <= int(cached["plugin_calls"]) <= 20  # type: ignore[call-overload]
+    assert uncached["plugin_calls"] == 400
 
 
 def test_cold_start_reads_every_stored_secret_once(plugin: PluginProcess) -> None:

@@ -31,10 +31,11 @@ from botocore.credentials import Credentials  # type: ignore[import-untyped]
 from peers.runners import Daemon, PeerUnavailable, aws_encryption_provider, peer_binary
 
 from kmsplug.client import KmsClient
-from kmsplug.envelope import Envelope
 from kmsplug.errors import ProviderThrottled, ProviderUnavailable
-from kmsplug.providers.aws import AwsSettings, aws_provider
+from kmsplug.providers.aws.kek import build
+from kmsplug.providers.aws.settings import AwsSettings
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+from kmsplug.sealer import Sealer
 
 from aws.emulator import CREDENTIALS, REGION, LocalKms
 from aws.latency_proxy import LatencyProxy, LatencyProxyProcess
@@ -244,10 +245,9 @@ async def test_proxy_delays_requests_concurrently_not_one_after_another(
 
 async def test_proxy_counts_and_delays_each_kms_call(kms: LocalKms, proxy: LatencyProxy) -> None:
     arn = kms.create_key()
-    kek = aws_provider(
-        AwsSettings(key=arn, region=REGION, endpoint_url=proxy.url), CREDENTIALS, FAST
+    kek = Resilient(
+        build(AwsSettings(key=arn, region=REGION, endpoint_url=proxy.url), CREDENTIALS), FAST
     )
-    assert isinstance(kek, Resilient)
     try:
         proxy.reset()
         dek = secrets.token_bytes(32)
@@ -389,13 +389,13 @@ async def test_kmsplug_opens_what_the_peer_wrote(kms: LocalKms, peer: Peer) -> N
         v1 = await client.v1_encrypt(dek)
         v2 = await client.v2_encrypt(dek)
     settings = AwsSettings(key=peer.key_arn, region=REGION, endpoint_url=kms.endpoint)
-    kek = aws_provider(settings, CREDENTIALS, FAST)
+    kek = Resilient(build(settings, CREDENTIALS), FAST)
     try:
         await kek.preflight()
-        envelope = Envelope(kek)
-        await envelope.start()
-        assert await envelope.open(v1) == dek  # v1: no key_id
-        assert await envelope.open(v2.ciphertext, v2.key_id) == dek  # v2: the peer's --key
+        sealer = Sealer(kek)
+        await sealer.start()
+        assert await sealer.open(v1) == dek  # v1: no key_id
+        assert await sealer.open(v2.ciphertext, v2.key_id) == dek  # v2: the peer's --key
     finally:
         await kek.aclose()
 
@@ -443,8 +443,9 @@ async def test_proxy_quota_throttles_like_the_kms(kms: LocalKms) -> None:
         stats = limited.stats()
         assert (stats["throttled"], stats["quota_qps"]) == (9, 0.05)
         assert limited.counts() == {ENCRYPT: 1}  # the throttled ones never reached the KMS
-        kek = aws_provider(
-            AwsSettings(key=arn, region=REGION, endpoint_url=limited.url), CREDENTIALS, FAST
+        kek = Resilient(
+            build(AwsSettings(key=arn, region=REGION, endpoint_url=limited.url), CREDENTIALS),
+            FAST,
         )
         try:
             with pytest.raises(ProviderUnavailable) as refused:

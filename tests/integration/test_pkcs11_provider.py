@@ -21,17 +21,14 @@ from typing import Any
 import anyio
 import pytest
 
-from kmsplug.envelope import Envelope
 from kmsplug.errors import ConfigError, InvalidCiphertext, ProviderRefused, ProviderUnavailable
-from kmsplug.providers import pkcs11 as pkcs11_module
-from kmsplug.providers.base import RemoteKek
-from kmsplug.providers.pkcs11 import (
-    Pkcs11Kek,
-    Pkcs11Settings,
-    pkcs11_provider,
-    pkcs11_settings_from_env,
-)
+from kmsplug.providers.base import KekProvider
+from kmsplug.providers.pkcs11 import provider as pkcs11_provider
+from kmsplug.providers.pkcs11 import session as pkcs11_session
+from kmsplug.providers.pkcs11.provider import Pkcs11Kek
+from kmsplug.providers.pkcs11.settings import Pkcs11Settings, settings_from_env
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+from kmsplug.sealer import Sealer
 
 from hsm.softhsm import LIBRARY, SoftHsm, ensure_installed
 
@@ -63,21 +60,21 @@ def hsm() -> Iterator[SoftHsm]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-Make = Callable[..., RemoteKek]
+Make = Callable[..., KekProvider]
 
 
 @pytest.fixture
 async def make(hsm: SoftHsm, tmp_path: Path) -> AsyncIterator[Make]:
     """Build providers (Resilient around Pkcs11Kek); every one is closed at teardown."""
-    made: list[RemoteKek] = []
+    made: list[KekProvider] = []
     pin_file = tmp_path / "pin"
     pin_file.write_text(PIN + "\n")
 
-    def build(label: str, policy: ResiliencePolicy | None = None, **fields: Any) -> RemoteKek:
+    def build(label: str, policy: ResiliencePolicy | None = None, **fields: Any) -> KekProvider:
         settings = Pkcs11Settings(
             token_label=TOKEN, key_label=label, library=LIBRARY, pin_file=str(pin_file)
         )
-        provider = pkcs11_provider(replace(settings, **fields), {}, policy)
+        provider = Resilient(pkcs11_provider.build(replace(settings, **fields), {}), policy)
         made.append(provider)
         return provider
 
@@ -90,7 +87,7 @@ def new_label() -> str:
     return f"k8s-{uuid.uuid4().hex[:8]}"
 
 
-def inner(provider: RemoteKek) -> Pkcs11Kek:
+def inner(provider: KekProvider) -> Pkcs11Kek:
     assert isinstance(provider, Resilient) and isinstance(provider.inner, Pkcs11Kek)
     return provider.inner
 
@@ -130,7 +127,7 @@ async def test_wrong_pin_is_refused_never_retried_never_shown(
     settings = Pkcs11Settings(
         token_label=PIN_TOKEN, key_label="pin-test", library=LIBRARY, pin_file=str(pin_file)
     )
-    kek = pkcs11_provider(settings, {})
+    kek = Resilient(pkcs11_provider.build(settings, {}))
     try:
         with pytest.raises(ProviderRefused, match="PIN rejected") as first:
             await kek.preflight()
@@ -141,8 +138,10 @@ async def test_wrong_pin_is_refused_never_retried_never_shown(
         assert await kek.unwrap(await kek.wrap(b"k" * 32)) == b"k" * 32
     finally:
         await kek.aclose()
-    env_kek = pkcs11_provider(
-        replace(settings, pin_file="", pin_env="HSM_PIN"), {"HSM_PIN": PIN_TOKEN_PIN}
+    env_kek = Resilient(
+        pkcs11_provider.build(
+            replace(settings, pin_file="", pin_env="HSM_PIN"), {"HSM_PIN": PIN_TOKEN_PIN}
+        )
     )
     try:
         await env_kek.preflight()
@@ -185,10 +184,10 @@ async def test_rotation_by_label(hsm: SoftHsm, make: Make) -> None:
     kek = make(label)
     await kek.preflight()
     old_id = kek.key_id
-    envelope = Envelope(kek)
-    await envelope.start()
+    sealer = Sealer(kek)
+    await sealer.start()
     dek = secrets.token_bytes(32)
-    sealed_old, stamped = await envelope.seal(dek)
+    sealed_old, stamped = await sealer.seal(dek)
     assert stamped == old_id
     wrapped_old = await kek.wrap(dek)
     hsm.keygen(TOKEN, PIN, label, "02")  # the operator's rotation: same label, higher CKA_ID
@@ -200,12 +199,12 @@ async def test_rotation_by_label(hsm: SoftHsm, make: Make) -> None:
     wrapped_new = await kek.wrap(dek)
     assert wrapped_new[1:9] != wrapped_old[1:9]  # the new key's fingerprint
     assert await kek.unwrap(wrapped_old) == dek and await kek.unwrap(wrapped_new) == dek
-    assert envelope.needs_rotation()  # the remote key moved: a new local KEK under it
-    await envelope.rotate()
-    sealed_new, stamped = await envelope.seal(dek)
+    assert sealer.needs_rotation()  # the remote key moved: a new local KEK under it
+    await sealer.rotate()
+    sealed_new, stamped = await sealer.seal(dek)
     assert stamped == new_id
     # A restarted plugin (cold cache) opens what both keys sealed.
-    restarted = Envelope(make(label))
+    restarted = Sealer(make(label))
     await restarted.start()
     assert restarted.key_id == new_id
     assert await restarted.open(sealed_old, old_id) == dek
@@ -231,10 +230,10 @@ async def test_tampered_blobs_are_invalid_ciphertext(hsm: SoftHsm, make: Make) -
         assert isinstance(kek, Resilient)
         assert kek.stats.retries == 0  # a bad blob is the caller's fault: never retried
     gcm = make(label)
-    envelope = Envelope(gcm)
-    await envelope.start()
-    sealed, key_id = await envelope.seal(b"d" * 32)
-    cold = Envelope(make(label))
+    sealer = Sealer(gcm)
+    await sealer.start()
+    sealed, key_id = await sealer.seal(b"d" * 32)
+    cold = Sealer(make(label))
     await cold.start()
     tampered = bytearray(sealed)
     tampered[-40] ^= 0x80  # inside the wrapped local KEK
@@ -252,10 +251,10 @@ async def test_reference_mock_ciphertexts_open(hsm: SoftHsm, make: Make) -> None
     kek = make("kms-test")
     await kek.preflight()
     assert kek.owns("kms-test") and kek.claims_legacy(legacy)
-    envelope = Envelope(kek)
-    await envelope.start()
-    assert envelope.knows("kms-test")
-    assert await envelope.open(legacy, "kms-test") == dek
+    sealer = Sealer(kek)
+    await sealer.start()
+    assert sealer.knows("kms-test")
+    assert await sealer.open(legacy, "kms-test") == dek
     # Narrow claims: another plugin's text ciphertext of that size, or another size, is
     # left to the provider it belongs to (the first provider to claim one decrypts it).
     assert not kek.claims_legacy(base64.b64encode(os.urandom(45)))  # 60 bytes of text
@@ -265,13 +264,13 @@ async def test_reference_mock_ciphertexts_open(hsm: SoftHsm, make: Make) -> None
     tampered = bytearray(legacy)
     tampered[20] ^= 0x04
     with pytest.raises(InvalidCiphertext):
-        await envelope.open(bytes(tampered), "kms-test")
+        await sealer.open(bytes(tampered), "kms-test")
     with pytest.raises(InvalidCiphertext):
-        await envelope.open(os.urandom(60), "kms-test")
+        await sealer.open(os.urandom(60), "kms-test")
     # New writes are kmsplug's; direct mode (no hierarchy) round trips as well.
-    sealed, key_id = await envelope.seal(dek)
-    assert key_id == kek.key_id != "kms-test" and await envelope.open(sealed, key_id) == dek
-    direct = Envelope(kek, hierarchy=False)
+    sealed, key_id = await sealer.seal(dek)
+    assert key_id == kek.key_id != "kms-test" and await sealer.open(sealed, key_id) == dek
+    direct = Sealer(kek, hierarchy=False)
     sealed, key_id = await direct.seal(dek)
     assert await direct.open(sealed, key_id) == dek
     assert await direct.open(legacy, "kms-test") == dek
@@ -288,16 +287,16 @@ async def test_hierarchy_costs_one_hsm_wrap_and_logs_no_pin(
     assert isinstance(kek, Resilient)
     kek.stats.calls.clear()
     caplog.clear()
-    envelope = Envelope(kek)
-    await envelope.start()
+    sealer = Sealer(kek)
+    await sealer.start()
     deks = [secrets.token_bytes(32) for _ in range(1000)]
-    sealed = [(await envelope.seal(dek))[0] for dek in deks]
+    sealed = [(await sealer.seal(dek))[0] for dek in deks]
     assert kek.stats.calls == {("wrap", "ok"): 1}
     audit = [r for r in caplog.records if r.name == "kmsplug.audit"]
     assert [getattr(r, "operation", "") for r in audit] == ["wrap"]
     assert getattr(audit[0], "key_version", "") == kek.key_id.rsplit(":", 1)[1]
     reader = make(label)
-    cold = Envelope(reader)
+    cold = Sealer(reader)
     assert isinstance(reader, Resilient)
     opened = [await cold.open(ciphertext) for ciphertext in sealed]
     assert opened == deks and reader.stats.calls == {("unwrap", "ok"): 1}
@@ -333,7 +332,7 @@ async def test_a_hung_token_costs_the_deadline_not_a_pile_up(hsm: SoftHsm, make:
     await kek.preflight()
     wrapped = await kek.wrap(b"d" * 32)
     started = anyio.current_time()
-    with pkcs11_module._pkcs11_lock:  # as if a call into the module never returned
+    with pkcs11_session.pkcs11_lock:  # as if a call into the module never returned
         with pytest.raises(ProviderUnavailable):
             await kek.unwrap(wrapped)
         assert anyio.current_time() - started < 1.5
@@ -348,7 +347,7 @@ def test_settings_from_env() -> None:
         "KMSPLUG_PKCS11_MECHANISM": "aes-key-wrap",
         "KMSPLUG_PKCS11_KEY_ID": "0a0b",
     }
-    settings = pkcs11_settings_from_env(env)
+    settings = settings_from_env(env)
     assert settings == Pkcs11Settings(
         token_label="tok",  # noqa: S106 - a label
         key_label="kek",
@@ -358,7 +357,7 @@ def test_settings_from_env() -> None:
         mechanism="aes-key-wrap",
     )
     assert "1234" not in repr(settings)
-    with_file = pkcs11_settings_from_env({**env, "KMSPLUG_PKCS11_PIN_FILE": "/run/pin"})
+    with_file = settings_from_env({**env, "KMSPLUG_PKCS11_PIN_FILE": "/run/pin"})
     assert with_file.pin_file == "/run/pin" and not with_file.pin_env
     for name, value in [
         ("KMSPLUG_PKCS11_TOKEN", ""),
@@ -367,6 +366,6 @@ def test_settings_from_env() -> None:
         ("KMSPLUG_PKCS11_KEY_ID", "zz"),
     ]:
         with pytest.raises(ConfigError):
-            pkcs11_settings_from_env({**env, name: value})
+            settings_from_env({**env, name: value})
     with pytest.raises(ConfigError, match="PIN"):
-        pkcs11_settings_from_env({k: v for k, v in env.items() if k != "KMSPLUG_PKCS11_PIN"})
+        settings_from_env({k: v for k, v in env.items() if k != "KMSPLUG_PKCS11_PIN"})

@@ -12,16 +12,15 @@ import anyio
 import grpc
 import pytest
 
-from kmsplug.cli import serve
-from kmsplug.client import KmsClient
-from kmsplug.provider_options import (
-    DEFAULT_DEADLINE,
-    DEFAULT_RATE,
+from kmsplug.cli.provider_flags import (
     PROVIDER_SETTINGS,
     provider_environment,
+    resilience_policy,
 )
+from kmsplug.cli.serve import serve
+from kmsplug.client import KmsClient
 from kmsplug.providers.resilient import ResiliencePolicy
-from kmsplug.providers.vault import vault_settings_from_env
+from kmsplug.providers.vault.settings import settings_from_env as vault_settings_from_env
 
 from fakes.alibaba_kms import FakeAlibabaKms
 from fakes.alibaba_provider import env_for
@@ -34,15 +33,18 @@ def resolved(args: list[str], environ: dict[str, str]) -> dict[str, str]:
         return provider_environment(ctx.params, environ)
 
 
-def test_defaults_match_the_resilience_layer() -> None:
+def test_defaults_are_the_resilience_layers() -> None:
+    with serve.make_context("kmsplug serve", []) as ctx:
+        limits = resilience_policy(ctx.params)
     policy = ResiliencePolicy()
-    assert (policy.deadline, policy.rate) == (DEFAULT_DEADLINE, DEFAULT_RATE)
+    assert (limits.deadline, limits.rate) == (policy.deadline, policy.rate)
 
 
 def test_each_flag_lands_in_its_own_field(short_tmp: Path) -> None:
     """Every provider flag, given a distinct value, reaches the settings field it names."""
-    from kmsplug.providers.aws import aws_settings_from_env
-    from kmsplug.providers.pkcs11 import pkcs11_settings_from_env
+    from kmsplug.providers.alibaba.settings import settings_from_env as alibaba_settings_from_env
+    from kmsplug.providers.aws.settings import settings_from_env as aws_settings_from_env
+    from kmsplug.providers.pkcs11.settings import settings_from_env as pkcs11_settings_from_env
 
     library = short_tmp / "libpkcs11.so"
     library.write_bytes(b"")
@@ -63,6 +65,10 @@ def test_each_flag_lands_in_its_own_field(short_tmp: Path) -> None:
         *("--pkcs11-key-label", "kek", "--pkcs11-key-id", "0a0b"),
         *("--pkcs11-pin-file", str(pin_file), "--pkcs11-mechanism", "aes-key-wrap"),
         *("--pkcs11-sessions", "3"),
+        *("--key-id", "alias/ack", "--region", "cn-beijing", "--kms-endpoint", "kms.%s.test"),
+        *("--kms-protocol", "http", "--encryption-context", "x=y"),
+        *("--alibaba-allow-spec", "Aliyun_SM4", "--alibaba-allow-spec", "Aliyun_AES_128"),
+        *("--compat", "ack"),
     ]
     assert {a for a in args if a.startswith("--")} == {s.flag for s in PROVIDER_SETTINGS}
     env = resolved(args, {})
@@ -92,6 +98,36 @@ def test_each_flag_lands_in_its_own_field(short_tmp: Path) -> None:
         "aes-key-wrap",
     )
     assert pkcs11.max_sessions == 3
+    alibaba = alibaba_settings_from_env(env)
+    assert (alibaba.key, alibaba.region, alibaba.host) == (
+        "alias/ack",
+        "cn-beijing",
+        "kms.cn-beijing.test",
+    )
+    assert (alibaba.protocol, alibaba.encryption_context) == ("http", {"x": "y"})
+    assert alibaba.allowed_specs == ("Aliyun_AES_256", "Aliyun_SM4", "Aliyun_AES_128")
+    assert alibaba.compat_ack
+
+
+def test_alibaba_defaults_and_ack_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ack-kms-plugin's environment names; an encryption context given empty is none."""
+    from kmsplug.providers.alibaba.settings import settings_from_env as alibaba_settings_from_env
+
+    for name in ("KMSPLUG_REGION", "KMSPLUG_KMS_ENDPOINT", "KMSPLUG_ENCRYPTION_CONTEXT"):
+        monkeypatch.delenv(name, raising=False)
+    environ = {"ACK_KMS_REGION_ID": "cn-shanghai", "ACK_KMS_DOMAIN": "kms.%s.ack"}
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    alibaba = alibaba_settings_from_env(resolved(["--key-id", "k"], environ))
+    assert (alibaba.region, alibaba.host, alibaba.protocol) == (
+        "cn-shanghai",
+        "kms.cn-shanghai.ack",
+        "https",
+    )
+    assert alibaba.encryption_context == {"kmsplug": "local-kek"} and not alibaba.compat_ack
+    assert alibaba.allowed_specs == ("Aliyun_AES_256",)
+    plain = alibaba_settings_from_env(resolved(["--encryption-context", ""], environ))
+    assert plain.encryption_context == {} and plain.host == "kms.cn-shanghai.ack"
 
 
 def test_an_empty_flag_beats_the_environment() -> None:

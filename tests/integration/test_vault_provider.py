@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import pytest
 
-from kmsplug.envelope import Envelope
 from kmsplug.errors import (
     ConfigError,
     InvalidCiphertext,
@@ -29,12 +28,9 @@ from kmsplug.errors import (
     UnknownKeyId,
 )
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
-from kmsplug.providers.vault import (
-    VaultKek,
-    VaultSettings,
-    vault_provider,
-    vault_settings_from_env,
-)
+from kmsplug.providers.vault.settings import VaultSettings, settings_from_env
+from kmsplug.providers.vault.transit import VaultKek, build
+from kmsplug.sealer import Sealer
 
 from vault.devserver import DevServer
 from vault.jwt import JwtIssuer
@@ -70,8 +66,7 @@ async def make(bao: DevServer) -> AsyncIterator[Make]:
         settings = VaultSettings(address=server.address, key=key, **fields)
         if env is None:
             env = {"VAULT_TOKEN": token or server.root_token}
-        kek = vault_provider(settings, env, resilience)
-        assert isinstance(kek, Resilient)
+        kek = Resilient(build(settings, env), resilience)
         made.append(kek)
         return kek
 
@@ -162,7 +157,7 @@ async def test_token_is_renewed_before_it_expires(
     await anyio.sleep(3.0)  # idle past the token's original TTL: the renewer kept it alive
     dek = secrets.token_bytes(32)
     assert await kek.unwrap(await kek.wrap(dek)) == dek
-    assert inner(kek).renewals >= 2 and inner(kek).logins == 0
+    assert inner(kek).auth.renewals >= 2 and inner(kek).auth.logins == 0
     seen = bao.lookup(token)  # still alive, renewed after its first TTL had run out
     assert seen["last_renewal_time"] - seen["creation_time"] >= 2
     assert token not in caplog.text and token not in repr(inner(kek).settings)
@@ -204,7 +199,7 @@ async def test_approle_login_and_login_again_at_max_ttl(
     await anyio.sleep(3.5)  # past the max TTL: renewal is capped, so it logs in again
     dek = secrets.token_bytes(32)
     assert await kek.unwrap(await kek.wrap(dek)) == dek
-    assert inner(kek).logins >= 2
+    assert inner(kek).auth.logins >= 2
     assert secret_id not in caplog.text and role_id not in repr(inner(kek).settings)
     bogus = "not-the-secret-id"
     wrong = make(key, env={}, role_id=role_id, secret_id=bogus)
@@ -304,19 +299,19 @@ async def test_vault_kubernetes_kms_ciphertexts_open_through_the_envelope(
     key = bao.create_key("kms")  # vault-kubernetes-kms' default key name
     dek = secrets.token_bytes(32)
     legacy = bao.encrypt(key, dek).encode()  # what vault-kubernetes-kms stored
-    envelope = Envelope(make(key))
-    await envelope.start()
-    assert await envelope.open(legacy) == dek  # KMS v1: no key_id
-    assert await envelope.open(legacy, "1") == dek  # KMS v2: key_id = latest_version
+    sealer = Sealer(make(key))
+    await sealer.start()
+    assert await sealer.open(legacy) == dek  # KMS v1: no key_id
+    assert await sealer.open(legacy, "1") == dek  # KMS v2: key_id = latest_version
     with pytest.raises(InvalidCiphertext):
-        await envelope.open(b"vault:v1:" + base64.b64encode(os.urandom(60)), "1")
-    strict = Envelope(make(key, legacy_version_key_ids=False, legacy_key_ids=("kms-old",)))
+        await sealer.open(b"vault:v1:" + base64.b64encode(os.urandom(60)), "1")
+    strict = Sealer(make(key, legacy_version_key_ids=False, legacy_key_ids=("kms-old",)))
     await strict.start()
     with pytest.raises(UnknownKeyId):
         await strict.open(legacy, "1")
     assert await strict.open(legacy, "kms-old") == dek
     # Direct mode writes Transit text too, so a rollback to vault-kubernetes-kms reads it.
-    direct = Envelope(make(key), hierarchy=False)
+    direct = Sealer(make(key), hierarchy=False)
     ciphertext, key_id = await direct.seal(dek)
     assert key_id == "vault:transit/kms:v1" and ciphertext.startswith(b"vault:v1:")
     decrypted = bao.api("POST", f"transit/decrypt/{key}", {"ciphertext": ciphertext.decode()})
@@ -337,12 +332,12 @@ async def test_hierarchy_makes_one_transit_call_for_1000_deks(
             if record.name == "kmsplug.audit" and getattr(record, "operation", "") == operation
         )
 
-    envelope = Envelope(make(key))
-    await envelope.start()
+    sealer = Sealer(make(key))
+    await sealer.start()
     deks = [secrets.token_bytes(32) for _ in range(1000)]
-    sealed = [(await envelope.seal(dek))[0] for dek in deks]
+    sealed = [(await sealer.seal(dek))[0] for dek in deks]
     assert transit_calls("wrap") == 1  # the local KEK, wrapped once at start
-    restarted = Envelope(make(key))
+    restarted = Sealer(make(key))
     caplog.clear()
     opened = [await restarted.open(ciphertext) for ciphertext in sealed]
     assert opened == deks
@@ -382,18 +377,18 @@ async def test_settings_from_env_and_secrets_stay_out_of_reprs() -> None:
         "KMSPLUG_VAULT_TIMEOUT": "1.5",
         "KMSPLUG_VAULT_LEGACY_KEY_IDS": "kms, old",
     }
-    settings = vault_settings_from_env(env)
+    settings = settings_from_env(env)
     assert (settings.namespace, settings.mount, settings.timeout) == ("ops", "kms/transit", 1.5)
     assert settings.method == "token" and settings.legacy_key_ids == ("kms", "old")
     assert "s.very-secret-token" not in repr(settings)
-    approle = vault_settings_from_env(
+    approle = settings_from_env(
         {**env, "KMSPLUG_VAULT_ROLE_ID": "role-1", "KMSPLUG_VAULT_SECRET_ID": "sid-secret"}
     )
     assert approle.method == "approle" and "sid-secret" not in repr(approle)
     with pytest.raises(ConfigError, match="VAULT_ADDR"):
-        vault_settings_from_env({"KMSPLUG_VAULT_TRANSIT_KEY": "k8s"})
+        settings_from_env({"KMSPLUG_VAULT_TRANSIT_KEY": "k8s"})
     with pytest.raises(ConfigError, match="--vault-transit-key"):
-        vault_settings_from_env({"VAULT_ADDR": "http://127.0.0.1:8200"})
+        settings_from_env({"VAULT_ADDR": "http://127.0.0.1:8200"})
     with pytest.raises(ConfigError, match="credentials"):
         VaultKek(VaultSettings(address="http://127.0.0.1:8200", key="k8s"))
     with pytest.raises(ConfigError, match="KMSPLUG_VAULT_ROLE"):

@@ -21,8 +21,9 @@ import anyio
 TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS), str(TESTS.parent / "python")]
 
-from kmsplug.app import alibaba_provider  # noqa: E402
-from kmsplug.providers.alibaba import AlibabaSettings  # noqa: E402
+from kmsplug.providers.alibaba.kek import build  # noqa: E402
+from kmsplug.providers.alibaba.settings import AlibabaSettings  # noqa: E402
+from kmsplug.providers.resilient import Resilient  # noqa: E402
 
 from fakes.alibaba_kms import FakeAlibabaKms  # noqa: E402
 
@@ -84,7 +85,7 @@ def main() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         settings = AlibabaSettings(key=key, region=fake.region, endpoint=fake.host, protocol="http")
-        kek = alibaba_provider(settings, env={})  # no credentials given: ECS role it is
+        kek = Resilient(build(settings, env={}))  # no credentials given: ECS role it is
 
         async def use() -> list[str]:
             lines = await kek.preflight()

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kmsplug.envelope import Envelope
 from kmsplug.errors import UnknownKeyId
+from kmsplug.sealer import Sealer
 
 from fakes.alibaba_kms import FakeAlibabaKms
 from fakes.alibaba_provider import env_for, provider
@@ -38,7 +38,7 @@ async def test_ack_ciphertexts_open_under_every_key_id_ack_ever_reported(
         key_id: await provider(fake, key_id, env, compat_ack=True).wrap(dek)
         for key_id in (cmk, "alias/k8s")
     }
-    dropin = Envelope(provider(fake, "alias/k8s", env))
+    dropin = Sealer(provider(fake, "alias/k8s", env))
     await dropin.start()
     for key_id, ciphertext in stored.items():
         assert await dropin.open(ciphertext, key_id) == dek

@@ -14,13 +14,10 @@ from kmsplug.errors import (
     ProviderThrottled,
     ProviderTransient,
 )
-from kmsplug.providers.alibaba import (
-    AlibabaSettings,
-    classify_error,
-    encryption_context_from,
-    looks_like_ack_ciphertext,
-)
-from kmsplug.providers.alibaba_credentials import credential_source
+from kmsplug.providers.alibaba.credentials import credential_source
+from kmsplug.providers.alibaba.kek import classify_error, looks_like_ack_ciphertext
+from kmsplug.providers.alibaba.settings import AlibabaSettings
+from kmsplug.providers.shared import encryption_context_from
 
 SETTINGS = AlibabaSettings(key="alias/k8s", region="cn-hangzhou")
 
@@ -90,11 +87,12 @@ def test_ack_ciphertext_is_recognised_and_ours_is_not() -> None:
 
 
 def test_encryption_context_forms() -> None:
-    assert encryption_context_from('{"a": "b"}') == {"a": "b"}
-    assert encryption_context_from("a=b, c=d") == {"a": "b", "c": "d"}
-    assert encryption_context_from("") == {}
-    with pytest.raises(ConfigError):
-        encryption_context_from("novalue")
+    assert encryption_context_from('{"a": "b"}', "alibaba") == {"a": "b"}
+    assert encryption_context_from("a=b, c=d", "alibaba") == {"a": "b", "c": "d"}
+    assert encryption_context_from("", "alibaba") == {}
+    for bad in ("novalue", "{not json", '["a"]', "=b"):
+        with pytest.raises(ConfigError, match=r"^alibaba: the encryption context"):
+            encryption_context_from(bad, "alibaba")
 
 
 def test_default_endpoint_is_the_vpc_one() -> None:

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kmsplug.bench import RemoteCounter
+from kmsplug.bench.engine import RemoteCounter
 from kmsplug.errors import ConfigError
 
 EXPOSITION = b"""\

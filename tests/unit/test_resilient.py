@@ -14,13 +14,14 @@ from kmsplug.errors import (
     ProviderTransient,
     ProviderUnavailable,
 )
-from kmsplug.providers.base import RemoteKek
-from kmsplug.providers.resilient import ResiliencePolicy, Resilient, note_call
+from kmsplug.providers.base import KekProvider
+from kmsplug.providers.resilient import ResiliencePolicy, Resilient
+from kmsplug.providers.shared import note_call
 
 pytestmark = pytest.mark.anyio
 
 
-class ScriptedKek(RemoteKek):
+class ScriptedKek(KekProvider):
     """Answers from a script of failures, then succeeds; counts every call."""
 
     kind = "scripted"
@@ -129,8 +130,8 @@ async def test_every_remote_call_leaves_an_audit_record(caplog: pytest.LogCaptur
 async def test_metrics_show_remote_latency_and_credential_expiry() -> None:
     from prometheus_client import generate_latest
 
-    from kmsplug.envelope import Envelope
     from kmsplug.metrics import Metrics
+    from kmsplug.sealer import Sealer
     from kmsplug.service import KeyService
 
     class Expiring(ScriptedKek):
@@ -138,7 +139,7 @@ async def test_metrics_show_remote_latency_and_credential_expiry() -> None:
             return 42.0
 
     kek = Resilient(Expiring(latency=0.002))
-    service = KeyService(Envelope(kek))
+    service = KeyService(Sealer(kek))
     await service.start()
     metrics = Metrics()
     metrics.watch(service)

@@ -13,15 +13,15 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kmsplug.envelope import Envelope
 from kmsplug.errors import KeyRevoked, ProviderUnavailable
-from kmsplug.providers.base import RemoteKek
+from kmsplug.providers.base import KekProvider
+from kmsplug.sealer import Sealer
 from kmsplug.service import KeyService
 
 pytestmark = pytest.mark.anyio
 
 
-class RevocableKek(RemoteKek):
+class RevocableKek(KekProvider):
     """A stand-in remote KMS (real AES-GCM, counted calls) whose key an operator can
     disable, or that can stop answering."""
 
@@ -59,7 +59,7 @@ class RevocableKek(RemoteKek):
 
 async def started() -> tuple[RevocableKek, KeyService]:
     kek = RevocableKek()
-    service = KeyService(Envelope(kek))
+    service = KeyService(Sealer(kek))
     await service.start()
     return kek, service
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kmsplug._proto.v2.encrypted_object_pb2 import EncryptedObject
-from kmsplug.envelope import peek
+from kmsplug.core import peek
 from kmsplug.errors import InvalidCiphertext
 
 IDENTITY = "identity"

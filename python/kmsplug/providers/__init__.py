@@ -1,6 +1,5 @@
-"""Remote KEK providers: where the key that wraps kmsplug's local KEKs lives."""
+"""KEK providers: where the key that wraps kmsplug's local KEKs lives.
 
-from kmsplug.providers.base import RemoteKek
-from kmsplug.providers.local import LocalKek
-
-__all__ = ["LocalKek", "RemoteKek"]
+`base` is the interface, `local` the key file, `registry` every provider by name (and the
+one place a remote one is assembled, behind `resilient`), `shared` what several use.
+"""

@@ -1,30 +1,21 @@
 """The interface every KEK provider implements.
 
-A provider owns one remote key (a cloud CMK, a Transit key, an HSM key, or the local key
-file). The envelope layer asks it for exactly four things: its key_id, wrap, unwrap, and
-a health check. Providers know nothing of gRPC or of the apiserver.
-
-The hierarchy hooks (`new_local_kek`, `load_local_kek`) have generic implementations in
-terms of wrap/unwrap, through which a fresh local KEK passes Python memory once per
-rotation (and once per cold unwrap). A provider whose key is reachable from Rust (the
-local key file) overrides them so that no KEK byte ever reaches Python.
+A provider owns one key-encryption key: a cloud CMK, a Transit key, an HSM key, or the
+local key file. It wraps and unwraps bytes, says its key_id, and checks its health; it
+knows nothing of gRPC, of the apiserver, or of the local-KEK keyring (the sealer decides
+when a local KEK is made, cached or opened, and asks the provider only to wrap or unwrap
+it).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
 
-from kmsplug.envelope import peek
 from kmsplug.errors import InvalidCiphertext, ProviderTransient
 
-if TYPE_CHECKING:
-    from kmsplug._kmsplug import Keyring
 
-
-class RemoteKek(ABC):
+class KekProvider(ABC):
     """A key-encryption key held by a KMS, HSM or key file."""
 
     #: A short stable name of the provider kind, for logs and metrics ("local", "alibaba", ...).
@@ -96,25 +87,7 @@ class RemoteKek(ABC):
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
         """Decrypt a ciphertext another plugin wrote (see `claims_legacy`)."""
         del ciphertext
-        raise InvalidCiphertext("invalid ciphertext")
-
-    async def new_local_kek(self, keyring: Keyring) -> None:
-        """Make a fresh local KEK, wrap it under this KEK and make it the keyring's current."""
-        kek = bytearray(secrets.token_bytes(32))
-        try:
-            wrapped = await self.wrap(bytes(kek))
-            keyring.install_current(self.key_id, wrapped, kek)
-        finally:
-            kek[:] = bytes(len(kek))
-
-    async def load_local_kek(self, keyring: Keyring, ciphertext: bytes) -> None:
-        """Unwrap the local KEK that sealed `ciphertext` and add it to the keyring's cache."""
-        _, key_id, wrapped = peek(ciphertext)
-        kek = bytearray(await self.unwrap(wrapped))
-        try:
-            keyring.cache_kek(key_id, wrapped, kek)
-        finally:
-            kek[:] = bytes(len(kek))
+        raise InvalidCiphertext
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most providers hold nothing
         """Release connections and other resources."""

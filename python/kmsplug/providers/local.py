@@ -9,27 +9,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from kmsplug.envelope import RootKey
+from kmsplug.core import RootKey
 from kmsplug.errors import KeyFileError
-from kmsplug.providers.base import RemoteKek
-
-if TYPE_CHECKING:
-    from kmsplug._kmsplug import Keyring
+from kmsplug.providers.base import KekProvider
 
 
-class LocalKek(RemoteKek):
-    """A KEK read from a local key file."""
+class KeyFileKek(KekProvider):
+    """A KEK read from a local key file.
+
+    Its key lives in Rust (`root`): the sealer hands it to the keyring, so local KEKs are
+    made and unwrapped without a KEK byte reaching Python.
+    """
 
     kind = "local"
 
     def __init__(self, root: RootKey, path: Path) -> None:
-        self._root = root
+        self.root = root
         self.path = path
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = False) -> LocalKek:
+    def open(cls, path: Path, *, create: bool = False) -> KeyFileKek:
         """Load the key file, creating it first when `create` is set and it is absent."""
         if create and not path.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -43,24 +43,17 @@ class LocalKek(RemoteKek):
 
     @property
     def key_id(self) -> str:
-        return self._root.key_id
+        return self.root.key_id
 
     async def wrap(self, plaintext: bytes) -> bytes:
         # A kmsplug direct-mode envelope: self-describing, key_id inside, header as AAD.
-        return self._root.seal_direct(plaintext)
+        return self.root.seal_direct(plaintext)
 
     async def unwrap(self, wrapped: bytes) -> bytes:
-        return self._root.open_direct(wrapped)
+        return self.root.open_direct(wrapped)
 
     async def health(self) -> None:
         # The key is in memory; a round trip proves the AEAD path works end to end.
         probe = b"kmsplug-health"
-        if self._root.open_direct(self._root.seal_direct(probe)) != probe:
+        if self.root.open_direct(self.root.seal_direct(probe)) != probe:
             raise KeyFileError("local key self-test failed")
-
-    async def new_local_kek(self, keyring: Keyring) -> None:
-        keyring.rotate_local(self._root)
-
-    async def load_local_kek(self, keyring: Keyring, ciphertext: bytes) -> None:
-        # The root key unwraps the local KEK named in the ciphertext, all inside Rust.
-        keyring.unwrap_local(self._root, ciphertext)

@@ -1,4 +1,5 @@
-"""One resilience layer around every remote provider, so none re-implements it.
+"""One resilience layer around every remote provider (the registry puts each behind it
+once), so none re-implements it.
 
 - a deadline below the apiserver's 3 s per call, across all retries: a slow KMS yields a
   clean UNAVAILABLE instead of a pile-up;
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextvars
 import logging
 import random
 import time
@@ -30,7 +30,8 @@ from kmsplug.errors import (
     ProviderTransient,
     ProviderUnavailable,
 )
-from kmsplug.providers.base import RemoteKek
+from kmsplug.providers.base import KekProvider
+from kmsplug.providers.shared import CallInfo, current_call
 
 audit_log = logging.getLogger("kmsplug.audit")
 
@@ -38,26 +39,6 @@ audit_log = logging.getLogger("kmsplug.audit")
 REMOTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 T = TypeVar("T")
-
-
-@dataclass
-class CallInfo:
-    """What a provider learned from one remote call, for the audit record."""
-
-    request_id: str = ""
-    key_version: str = ""
-
-
-#: Providers fill this in during a remote call; the resilience layer reads it.
-current_call: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("kmsplug_remote_call")
-
-
-def note_call(request_id: str = "", key_version: str = "") -> None:
-    """Record the remote request id and key version of the call in progress."""
-    info = current_call.get(None)
-    if info is not None:
-        info.request_id = request_id or info.request_id
-        info.key_version = key_version or info.key_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +98,10 @@ class CallStats:
         row[-1] += seconds
 
 
-class Resilient(RemoteKek):
+class Resilient(KekProvider):
     """Wraps a provider with deadline, retries, rate limit, single-flight and audit."""
 
-    def __init__(self, inner: RemoteKek, policy: ResiliencePolicy | None = None) -> None:
+    def __init__(self, inner: KekProvider, policy: ResiliencePolicy | None = None) -> None:
         self.inner = inner
         self.kind = inner.kind
         self.policy = policy or ResiliencePolicy()

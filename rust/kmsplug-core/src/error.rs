@@ -21,8 +21,8 @@ pub enum Error {
     #[error("the local KEK of this ciphertext is not cached")]
     KekNotCached,
 
-    /// The plaintext is longer than [`crate::MAX_PLAINTEXT`].
-    #[error("plaintext is larger than {max} bytes", max = crate::MAX_PLAINTEXT)]
+    /// The plaintext is longer than [`crate::format::MAX_PLAINTEXT`].
+    #[error("plaintext is larger than {max} bytes", max = crate::format::MAX_PLAINTEXT)]
     PlaintextTooLarge,
 
     /// No local KEK to seal with, or its hard budget or age is spent.

@@ -19,6 +19,7 @@
 
 use crate::aead::{NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
+use crate::limits::{MAX_KEY_ID, V1_MAX_CIPHERTEXT};
 
 /// The first two bytes of every kmsplug ciphertext. The first is >= 0x80, so a kmsplug
 /// ciphertext is never ASCII: never base64 text (ack-kms-plugin), never `'1'`
@@ -44,8 +45,8 @@ const MAX_BODY: usize = NONCE_LEN + MAX_PLAINTEXT + TAG_LEN;
 pub const MAX_ENVELOPE: usize = FIXED_PREFIX + MAX_ENVELOPE_KEY_ID + 2 + MAX_WRAPPED + MAX_BODY;
 
 // Every envelope fits a KMS v1 ciphertext, and every key_id a KMS v2 key_id.
-const _: () = assert!(MAX_ENVELOPE <= crate::V1_MAX_CIPHERTEXT);
-const _: () = assert!(MAX_ENVELOPE_KEY_ID <= crate::MAX_KEY_ID);
+const _: () = assert!(MAX_ENVELOPE <= V1_MAX_CIPHERTEXT);
+const _: () = assert!(MAX_ENVELOPE_KEY_ID <= MAX_KEY_ID);
 
 /// How the DEK in an envelope is protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -299,7 +300,7 @@ mod tests {
         // The local provider: 38-byte key_id, 60-byte wrapped KEK, 32-byte DEK.
         let local = FIXED_PREFIX + 38 + 2 + 60 + NONCE_LEN + 32 + TAG_LEN;
         assert_eq!(local, 165);
-        assert!(local <= crate::V2_MAX_CIPHERTEXT);
+        assert!(local <= crate::limits::V2_MAX_CIPHERTEXT);
     }
 
     proptest! {

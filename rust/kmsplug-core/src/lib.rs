@@ -36,11 +36,10 @@ mod keyring;
 mod limits;
 mod root;
 
-pub use aead::{KEY_LEN, NONCE_LEN, TAG_LEN};
 pub use error::{Error, Result};
 pub use format::{peek, Mode, FORMAT_VERSION, MAX_PLAINTEXT};
 pub use keyring::{Keyring, Policy, Stats, MAX_SEALS_LIMIT};
 pub use limits::{
     is_fqdn, MAX_ANNOTATIONS_BYTES, MAX_KEY_ID, V1_MAX_CIPHERTEXT, V2_MAX_CIPHERTEXT,
 };
-pub use root::{RootKey, LOCAL_KEY_ID_PREFIX, WRAPPED_KEK_LEN};
+pub use root::RootKey;

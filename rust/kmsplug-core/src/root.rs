@@ -211,6 +211,21 @@ impl RootKey {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Deterministic sealing for golden vectors. Nonce reuse under AES-GCM is catastrophic:
+/// this exists only in test builds and with the `test-vectors` feature.
+#[cfg(any(test, feature = "test-vectors"))]
+impl RootKey {
+    /// [`RootKey::seal_direct`] with a caller-chosen nonce.
+    #[doc(hidden)]
+    pub fn seal_direct_with_fixed_nonce(
+        &self,
+        dek: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<Vec<u8>> {
+        self.seal_direct_with_nonce(dek, nonce)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

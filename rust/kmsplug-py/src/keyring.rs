@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kmsplug_core::{Error, Policy};
+use kmsplug_core::Policy;
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -10,18 +10,8 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyByteArray, PyByteArrayMethods, PyBytes, PyDict, PyList};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::errors::to_py;
+use crate::errors::{Error, Result};
 use crate::root::PyRootKey;
-
-// The Python defaults are literals, so that `inspect.signature` shows them; they must be
-// the core's defaults.
-const _: () = {
-    assert!(Policy::DEFAULT_ROTATE_AFTER_SEALS == 4_194_304);
-    assert!(Policy::DEFAULT_MAX_SEALS == 16_777_216);
-    assert!(Policy::DEFAULT_MAX_AGE_SECS == 604_800);
-    assert!(Policy::DEFAULT_CACHE_SIZE == 4096);
-    assert!(Policy::DEFAULT_CACHE_TTL_SECS == 86_400);
-};
 
 /// Batches larger than this are processed with the interpreter detached, so other Python
 /// threads run meanwhile. Smaller ones finish faster than a detach/reattach round trip.
@@ -34,9 +24,9 @@ pub struct PyKeyring {
     inner: Mutex<kmsplug_core::Keyring>,
 }
 
-fn seconds(name: &'static str, secs: f64) -> PyResult<Duration> {
+fn seconds(name: &'static str, secs: f64) -> Result<Duration> {
     Duration::try_from_secs_f64(secs)
-        .map_err(|_| PyValueError::new_err(format!("{name} must be a finite number > 0")))
+        .map_err(|_| PyValueError::new_err(format!("{name} must be a finite number > 0")).into())
 }
 
 /// Copy a KEK out of a `bytearray` into wiped memory, then zero the `bytearray`.
@@ -51,8 +41,11 @@ fn take_kek(kek: &Bound<'_, PyByteArray>) -> Zeroizing<Vec<u8>> {
     copy
 }
 
-fn bytes_list<'py>(py: Python<'py>, items: &[Vec<u8>]) -> PyResult<Bound<'py, PyList>> {
-    PyList::new(py, items.iter().map(|item| PyBytes::new(py, item)))
+fn bytes_list<'py>(py: Python<'py>, items: &[Vec<u8>]) -> Result<Bound<'py, PyList>> {
+    Ok(PyList::new(
+        py,
+        items.iter().map(|item| PyBytes::new(py, item)),
+    )?)
 }
 
 #[pymethods]
@@ -60,11 +53,11 @@ impl PyKeyring {
     #[new]
     #[pyo3(signature = (
         *,
-        rotate_after_seals = 4_194_304,
-        max_seals = 16_777_216,
-        max_age_seconds = 604_800.0,
-        cache_size = 4096,
-        cache_ttl_seconds = 86_400.0,
+        rotate_after_seals = Policy::DEFAULT.rotate_after_seals,
+        max_seals = Policy::DEFAULT.max_seals,
+        max_age_seconds = Policy::DEFAULT.max_age.as_secs_f64(),
+        cache_size = Policy::DEFAULT.cache_size,
+        cache_ttl_seconds = Policy::DEFAULT.cache_ttl.as_secs_f64(),
     ))]
     fn new(
         rotate_after_seals: u64,
@@ -72,7 +65,7 @@ impl PyKeyring {
         max_age_seconds: f64,
         cache_size: usize,
         cache_ttl_seconds: f64,
-    ) -> PyResult<Self> {
+    ) -> Result<Self> {
         let policy = policy(
             rotate_after_seals,
             max_seals,
@@ -80,7 +73,7 @@ impl PyKeyring {
             cache_size,
             cache_ttl_seconds,
         )?;
-        let inner = kmsplug_core::Keyring::new(policy).map_err(to_py)?;
+        let inner = kmsplug_core::Keyring::new(policy)?;
         Ok(Self {
             inner: Mutex::new(inner),
         })
@@ -102,7 +95,7 @@ impl PyKeyring {
         max_age_seconds: f64,
         cache_size: usize,
         cache_ttl_seconds: f64,
-    ) -> PyResult<()> {
+    ) -> Result<()> {
         let policy = policy(
             rotate_after_seals,
             max_seals,
@@ -110,12 +103,12 @@ impl PyKeyring {
             cache_size,
             cache_ttl_seconds,
         )?;
-        self.inner.lock().set_policy(policy).map_err(to_py)
+        Ok(self.inner.lock().set_policy(policy)?)
     }
 
     /// Make a new random local KEK, wrapped by `root`, current.
-    fn rotate_local(&self, root: PyRef<'_, PyRootKey>) -> PyResult<()> {
-        self.inner.lock().rotate_local(&root.inner).map_err(to_py)
+    fn rotate_local(&self, root: PyRef<'_, PyRootKey>) -> Result<()> {
+        Ok(self.inner.lock().rotate_local(&root.inner)?)
     }
 
     /// Make a remote-wrapped KEK current; zeroes `kek` after copying it.
@@ -124,12 +117,9 @@ impl PyKeyring {
         key_id: &str,
         wrapped: PyBackedBytes,
         kek: &Bound<'_, PyByteArray>,
-    ) -> PyResult<()> {
+    ) -> Result<()> {
         let kek = take_kek(kek);
-        self.inner
-            .lock()
-            .install_current(key_id, &wrapped, &kek)
-            .map_err(to_py)
+        Ok(self.inner.lock().install_current(key_id, &wrapped, &kek)?)
     }
 
     /// Cache a remote-unwrapped KEK; zeroes `kek` after copying it.
@@ -138,21 +128,14 @@ impl PyKeyring {
         key_id: &str,
         wrapped: PyBackedBytes,
         kek: &Bound<'_, PyByteArray>,
-    ) -> PyResult<()> {
+    ) -> Result<()> {
         let kek = take_kek(kek);
-        self.inner
-            .lock()
-            .cache_kek(key_id, &wrapped, &kek)
-            .map_err(to_py)
+        Ok(self.inner.lock().cache_kek(key_id, &wrapped, &kek)?)
     }
 
     /// Seal a DEK under the current local KEK.
-    fn seal<'py>(
-        &self,
-        py: Python<'py>,
-        plaintext: PyBackedBytes,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let ct = self.inner.lock().seal(&plaintext).map_err(to_py)?;
+    fn seal<'py>(&self, py: Python<'py>, plaintext: PyBackedBytes) -> Result<Bound<'py, PyBytes>> {
+        let ct = self.inner.lock().seal(&plaintext)?;
         Ok(PyBytes::new(py, &ct))
     }
 
@@ -163,22 +146,14 @@ impl PyKeyring {
         py: Python<'py>,
         ciphertext: PyBackedBytes,
         expected_key_id: Option<&str>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let plain = self
-            .inner
-            .lock()
-            .open(&ciphertext, expected_key_id)
-            .map(Zeroizing::new)
-            .map_err(to_py)?;
+    ) -> Result<Bound<'py, PyBytes>> {
+        let plain = Zeroizing::new(self.inner.lock().open(&ciphertext, expected_key_id)?);
         Ok(PyBytes::new(py, &plain))
     }
 
     /// Unwrap, with the root key, the local KEK a ciphertext names, and cache it.
-    fn unwrap_local(&self, root: PyRef<'_, PyRootKey>, ciphertext: PyBackedBytes) -> PyResult<()> {
-        self.inner
-            .lock()
-            .unwrap_local(&root.inner, &ciphertext)
-            .map_err(to_py)
+    fn unwrap_local(&self, root: PyRef<'_, PyRootKey>, ciphertext: PyBackedBytes) -> Result<()> {
+        Ok(self.inner.lock().unwrap_local(&root.inner, &ciphertext)?)
     }
 
     /// Whether the current KEK should be replaced soon (or there is none).
@@ -193,7 +168,7 @@ impl PyKeyring {
     }
 
     /// Counters for metrics.
-    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn stats<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyDict>> {
         let stats = self.inner.lock().stats();
         let dict = PyDict::new(py);
         dict.set_item("seals", stats.seals)?;
@@ -213,14 +188,13 @@ impl PyKeyring {
         &self,
         py: Python<'py>,
         plaintexts: Vec<PyBackedBytes>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> Result<Bound<'py, PyList>> {
         let run = || self.inner.lock().seal_batch(&plaintexts);
         let sealed = if plaintexts.len() > DETACH_ABOVE {
             py.detach(run)
         } else {
             run()
-        }
-        .map_err(to_py)?;
+        }?;
         bytes_list(py, &sealed)
     }
 
@@ -231,12 +205,13 @@ impl PyKeyring {
         py: Python<'py>,
         ciphertexts: Vec<PyBackedBytes>,
         expected_key_ids: Option<Vec<Option<PyBackedStr>>>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> Result<Bound<'py, PyList>> {
         if let Some(ids) = &expected_key_ids {
             if ids.len() != ciphertexts.len() {
                 return Err(PyValueError::new_err(
                     "expected_key_ids must be as long as ciphertexts",
-                ));
+                )
+                .into());
             }
         }
         let items: Vec<(&[u8], Option<&str>)> = ciphertexts
@@ -248,7 +223,7 @@ impl PyKeyring {
             })
             .collect();
         let run = || self.inner.lock().open_batch(&items);
-        let results: Vec<Result<Vec<u8>, Error>> = if items.len() > DETACH_ABOVE {
+        let results: Vec<Result<Vec<u8>, kmsplug_core::Error>> = if items.len() > DETACH_ABOVE {
             py.detach(run)
         } else {
             run()
@@ -260,7 +235,7 @@ impl PyKeyring {
                     let plain = Zeroizing::new(plain);
                     out.append(PyBytes::new(py, &plain))?;
                 }
-                Err(err) => out.append(to_py(err).into_value(py))?,
+                Err(err) => out.append(PyErr::from(Error::from(err)).into_value(py))?,
             }
         }
         Ok(out)
@@ -280,7 +255,7 @@ fn policy(
     max_age_seconds: f64,
     cache_size: usize,
     cache_ttl_seconds: f64,
-) -> PyResult<Policy> {
+) -> Result<Policy> {
     Ok(Policy {
         rotate_after_seals,
         max_seals,

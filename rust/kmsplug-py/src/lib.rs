@@ -19,8 +19,8 @@ use pyo3::types::PyBytes;
 fn peek(
     py: Python<'_>,
     ciphertext: pyo3::pybacked::PyBackedBytes,
-) -> PyResult<(u8, String, Bound<'_, PyBytes>)> {
-    let (mode, key_id, wrapped) = kmsplug_core::peek(&ciphertext).map_err(errors::to_py)?;
+) -> errors::Result<(u8, String, Bound<'_, PyBytes>)> {
+    let (mode, key_id, wrapped) = kmsplug_core::peek(&ciphertext)?;
     Ok((mode as u8, key_id.to_owned(), PyBytes::new(py, wrapped)))
 }
 
@@ -32,6 +32,7 @@ fn is_fqdn(name: &str) -> bool {
 
 #[pymodule(gil_used = false)]
 mod _kmsplug {
+    use kmsplug_core::Policy;
     use pyo3::prelude::*;
 
     #[pymodule_export]
@@ -55,6 +56,24 @@ mod _kmsplug {
     const MAX_PLAINTEXT: usize = kmsplug_core::MAX_PLAINTEXT;
     #[pymodule_export]
     const FORMAT_VERSION: u8 = kmsplug_core::FORMAT_VERSION;
+    #[pymodule_export]
+    const MODE_HIERARCHY: u8 = kmsplug_core::Mode::Hierarchy as u8;
+    #[pymodule_export]
+    const MODE_DIRECT: u8 = kmsplug_core::Mode::Direct as u8;
+
+    // The rotation policy's defaults and bounds: Python's settings and flags read these.
+    #[pymodule_export]
+    const DEFAULT_ROTATE_AFTER_SEALS: u64 = Policy::DEFAULT.rotate_after_seals;
+    #[pymodule_export]
+    const DEFAULT_MAX_SEALS: u64 = Policy::DEFAULT.max_seals;
+    #[pymodule_export]
+    const DEFAULT_MAX_AGE_SECONDS: f64 = Policy::DEFAULT.max_age.as_secs_f64();
+    #[pymodule_export]
+    const DEFAULT_CACHE_SIZE: usize = Policy::DEFAULT.cache_size;
+    #[pymodule_export]
+    const DEFAULT_CACHE_TTL_SECONDS: f64 = Policy::DEFAULT.cache_ttl.as_secs_f64();
+    #[pymodule_export]
+    const MAX_SEALS_LIMIT: u64 = kmsplug_core::MAX_SEALS_LIMIT;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

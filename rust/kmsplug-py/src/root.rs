@@ -8,7 +8,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyBytes;
 use zeroize::Zeroizing;
 
-use crate::errors::to_py;
+use crate::errors::Result;
 
 /// The local root key (a 32-byte key file). Its bytes never reach Python.
 #[pyclass(frozen, module = "kmsplug._kmsplug", name = "RootKey")]
@@ -21,15 +21,15 @@ pub struct PyRootKey {
 impl PyRootKey {
     /// Read a key file: 32 raw bytes, mode 0600 or stricter.
     #[staticmethod]
-    fn from_file(path: PathBuf) -> PyResult<Self> {
-        let inner = kmsplug_core::RootKey::from_file(path).map_err(to_py)?;
+    fn from_file(path: PathBuf) -> Result<Self> {
+        let inner = kmsplug_core::RootKey::from_file(path)?;
         Ok(Self { inner })
     }
 
     /// Create a key file (32 random bytes, mode 0600); fails if it exists.
     #[staticmethod]
-    fn create_file(path: PathBuf) -> PyResult<Self> {
-        let inner = kmsplug_core::RootKey::create_file(path).map_err(to_py)?;
+    fn create_file(path: PathBuf) -> Result<Self> {
+        let inner = kmsplug_core::RootKey::create_file(path)?;
         Ok(Self { inner })
     }
 
@@ -44,8 +44,8 @@ impl PyRootKey {
         &self,
         py: Python<'py>,
         plaintext: PyBackedBytes,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let ct = self.inner.seal_direct(&plaintext).map_err(to_py)?;
+    ) -> Result<Bound<'py, PyBytes>> {
+        let ct = self.inner.seal_direct(&plaintext)?;
         Ok(PyBytes::new(py, &ct))
     }
 
@@ -54,8 +54,8 @@ impl PyRootKey {
         &self,
         py: Python<'py>,
         ciphertext: PyBackedBytes,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        let plain = Zeroizing::new(self.inner.open_direct(&ciphertext).map_err(to_py)?);
+    ) -> Result<Bound<'py, PyBytes>> {
+        let plain = Zeroizing::new(self.inner.open_direct(&ciphertext)?);
         Ok(PyBytes::new(py, &plain))
     }
 

@@ -1,27 +1,22 @@
-"""Sealing and opening DEKs: the only module that talks to the Rust core directly.
+"""Sealing DEKs into envelopes (kmsplug's ciphertext format) and opening them.
 
-In hierarchy mode (the default) a DEK is sealed in Rust under a local KEK that the write
-provider wrapped once; a ciphertext carries its wrapped local KEK, so opening needs the
-remote KMS only the first time a process meets that KEK. Concurrent first meetings of one
-KEK share a single unwrap, and the ciphertexts that piled up behind it are opened in one
-batch call. In direct mode every DEK is wrapped by the provider itself, as the peers do.
+The sealer owns the local-KEK keyring (the Rust core's): it decides when a local KEK is
+made, cached or opened. In hierarchy mode (the default) a DEK is sealed in Rust under a
+local KEK that the write provider wrapped once; an envelope carries its wrapped local KEK,
+so opening needs the provider only the first time a process meets that KEK. Concurrent
+first meetings of one KEK share a single unwrap, and the envelopes that piled up behind it
+are opened in one batch call. In direct mode every DEK is wrapped by the provider itself,
+as the peers do. Providers only wrap and unwrap bytes; the local key file's key never
+leaves Rust (the keyring uses it directly).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from kmsplug._kmsplug import (
-    MAX_PLAINTEXT,
-    V1_MAX_CIPHERTEXT,
-    V2_MAX_CIPHERTEXT,
-    Keyring,
-    RootKey,
-    peek,
-)
+from kmsplug.core import MAX_PLAINTEXT, MODE_DIRECT, KeyringStats, RotationPolicy, peek
 from kmsplug.errors import (
     InvalidCiphertext,
     KekNotCached,
@@ -29,68 +24,26 @@ from kmsplug.errors import (
     PlaintextTooLarge,
     UnknownKeyId,
 )
+from kmsplug.providers.base import KekProvider
+from kmsplug.providers.local import KeyFileKek
 
-if TYPE_CHECKING:
-    from kmsplug.providers.base import RemoteKek
-
-__all__ = [
-    "MAX_PLAINTEXT",
-    "V1_MAX_CIPHERTEXT",
-    "V2_MAX_CIPHERTEXT",
-    "Envelope",
-    "Keyring",
-    "RootKey",
-    "RotationPolicy",
-    "peek",
-]
-
-MODE_HIERARCHY = 1
-MODE_DIRECT = 2
+#: A local KEK: AES-256.
+LOCAL_KEK_BYTES = 32
 
 
-@dataclass(frozen=True, slots=True)
-class RotationPolicy:
-    """When a local KEK is retired, and how many retired ones stay unwrapped in memory.
-
-    Random 96-bit nonces keep AES-GCM safe for far more than 2**24 seals per key
-    (collision odds below 2**-48); the soft limit leaves the rotation plenty of slack.
-    """
-
-    rotate_after_seals: int = 1 << 22
-    max_seals: int = 1 << 24
-    max_age_seconds: float = 7 * 24 * 3600.0
-    cache_size: int = 4096
-    cache_ttl_seconds: float = 24 * 3600.0
-
-    def new_keyring(self) -> Keyring:
-        return Keyring(**self._fields())
-
-    def apply_to(self, keyring: Keyring) -> None:
-        keyring.set_policy(**self._fields())
-
-    def _fields(self) -> dict[str, Any]:
-        return {
-            "rotate_after_seals": self.rotate_after_seals,
-            "max_seals": self.max_seals,
-            "max_age_seconds": self.max_age_seconds,
-            "cache_size": self.cache_size,
-            "cache_ttl_seconds": self.cache_ttl_seconds,
-        }
-
-
-class Envelope:
+class Sealer:
     """Seals DEKs for the write provider and opens what any configured provider wrapped."""
 
     def __init__(
         self,
-        writer: RemoteKek,
-        readers: Sequence[RemoteKek] = (),
+        writer: KekProvider,
+        readers: Sequence[KekProvider] = (),
         *,
         hierarchy: bool = True,
         policy: RotationPolicy | None = None,
     ) -> None:
         self.writer = writer
-        self.providers: tuple[RemoteKek, ...] = (writer, *readers)
+        self.providers: tuple[KekProvider, ...] = (writer, *readers)
         self.hierarchy = hierarchy
         self._keyring = (policy or RotationPolicy()).new_keyring()
         self._rotation: asyncio.Task[None] | None = None
@@ -104,8 +57,8 @@ class Envelope:
             return self._keyring.current_key_id or self.writer.key_id
         return self.writer.key_id
 
-    def stats(self) -> dict[str, int]:
-        return self._keyring.stats()
+    def stats(self) -> KeyringStats:
+        return KeyringStats.of(self._keyring)
 
     def set_policy(self, policy: RotationPolicy) -> None:
         """Apply new rotation budgets and cache limits (a reload); ValueError if invalid."""
@@ -119,8 +72,22 @@ class Envelope:
     async def rotate(self) -> None:
         """Retire the current local KEK for a new one; concurrent callers share one rotation."""
         if self._rotation is None or self._rotation.done():
-            self._rotation = asyncio.create_task(self.writer.new_local_kek(self._keyring))
+            self._rotation = asyncio.create_task(self._new_local_kek())
         await asyncio.shield(self._rotation)
+
+    async def _new_local_kek(self) -> None:
+        """Make a fresh local KEK, wrapped by the write provider, the keyring's current."""
+        writer = self.writer
+        if isinstance(writer, KeyFileKek):
+            self._keyring.rotate_local(writer.root)
+            return
+        kek = bytearray(secrets.token_bytes(LOCAL_KEK_BYTES))
+        try:
+            wrapped = await writer.wrap(bytes(kek))
+            # After the wrap: a remote key that moved to a new version says so in key_id.
+            self._keyring.install_current(writer.key_id, wrapped, kek)
+        finally:
+            kek[:] = bytes(len(kek))
 
     def needs_rotation(self) -> bool:
         """True when the local KEK's budget or age runs low, or the remote key changed."""
@@ -131,7 +98,7 @@ class Envelope:
     async def seal(self, plaintext: bytes) -> tuple[bytes, str]:
         """Seal a DEK; return the ciphertext and the key_id it is stamped with."""
         if len(plaintext) > MAX_PLAINTEXT:
-            raise PlaintextTooLarge(f"plaintext is larger than {MAX_PLAINTEXT} bytes")
+            raise PlaintextTooLarge
         if not self.hierarchy:
             return await self.writer.wrap(plaintext), self.writer.key_id
         keyring = self._keyring
@@ -142,7 +109,7 @@ class Envelope:
             ciphertext = keyring.seal(plaintext)
         if keyring.needs_rotation() and (self._rotation is None or self._rotation.done()):
             # Soft limit reached: rotate in the background while this KEK still seals.
-            self._rotation = asyncio.create_task(self.writer.new_local_kek(keyring))
+            self._rotation = asyncio.create_task(self._new_local_kek())
         return ciphertext, keyring.current_key_id or self.writer.key_id
 
     async def open(self, ciphertext: bytes, key_id: str | None = None) -> bytes:
@@ -160,7 +127,7 @@ class Envelope:
             return await self._open_direct(ciphertext, key_id)
         except UnknownKeyId:
             self._check_known(key_id)
-            raise InvalidCiphertext("invalid ciphertext") from None
+            raise InvalidCiphertext from None
 
     def knows(self, key_id: str) -> bool:
         """Whether `key_id` names a key we can open ciphertexts of."""
@@ -170,17 +137,17 @@ class Envelope:
 
     def _check_known(self, key_id: str | None) -> None:
         if key_id is not None and not self.knows(key_id):
-            raise UnknownKeyId("unknown key_id")
+            raise UnknownKeyId
 
-    def _provider_for(self, embedded_key_id: str, key_id: str | None) -> RemoteKek:
+    def _provider_for(self, embedded_key_id: str, key_id: str | None) -> KekProvider:
         """The provider that wrapped a ciphertext, after checking it against the caller's."""
         self._check_known(key_id)
         if key_id is not None and key_id != embedded_key_id:
-            raise InvalidCiphertext("invalid ciphertext")
+            raise InvalidCiphertext
         for provider in self.providers:
             if provider.owns(embedded_key_id):
                 return provider
-        raise InvalidCiphertext("invalid ciphertext")
+        raise InvalidCiphertext
 
     async def _open_direct(self, ciphertext: bytes, key_id: str | None) -> bytes:
         try:
@@ -195,12 +162,12 @@ class Envelope:
             raise
         if mode != MODE_DIRECT:
             self._check_known(key_id)
-            raise InvalidCiphertext("invalid ciphertext")
+            raise InvalidCiphertext
         provider = self._provider_for(embedded_key_id, key_id)
         try:
             return await provider.unwrap(ciphertext)
         except UnknownKeyId:
-            raise InvalidCiphertext("invalid ciphertext") from None
+            raise InvalidCiphertext from None
 
     async def _open_cold(self, ciphertext: bytes, key_id: str | None) -> bytes:
         _, embedded_key_id, wrapped = peek(ciphertext)
@@ -210,14 +177,30 @@ class Envelope:
         if queue is None:
             self._cold[wrapped] = queue = []
             # A task of its own, so a cancelled first caller does not cancel the others.
-            asyncio.create_task(self._load_then_open(provider, wrapped))  # noqa: RUF006
+            asyncio.create_task(  # noqa: RUF006
+                self._load_then_open(provider, embedded_key_id, wrapped, ciphertext)
+            )
         queue.append((ciphertext, key_id, waiter))
         return await waiter
 
-    async def _load_then_open(self, provider: RemoteKek, wrapped: bytes) -> None:
+    async def _load_local_kek(
+        self, provider: KekProvider, key_id: str, wrapped: bytes, ciphertext: bytes
+    ) -> None:
+        """Unwrap the local KEK that sealed `ciphertext` into the keyring's cache."""
+        if isinstance(provider, KeyFileKek):
+            self._keyring.unwrap_local(provider.root, ciphertext)  # all inside Rust
+            return
+        kek = bytearray(await provider.unwrap(wrapped))
         try:
-            first = self._cold[wrapped][0][0]
-            await provider.load_local_kek(self._keyring, first)
+            self._keyring.cache_kek(key_id, wrapped, kek)
+        finally:
+            kek[:] = bytes(len(kek))
+
+    async def _load_then_open(
+        self, provider: KekProvider, embedded_key_id: str, wrapped: bytes, first: bytes
+    ) -> None:
+        try:
+            await self._load_local_kek(provider, embedded_key_id, wrapped, first)
         except BaseException as exc:
             for _, key_id, waiter in self._cold.pop(wrapped, []):
                 if not waiter.done():
@@ -241,10 +224,5 @@ class Envelope:
         """What one waiter sees when the shared unwrap or its open failed."""
         if isinstance(exc, UnknownKeyId | KekNotCached):
             # The wrapped KEK or key_id in the header does not fit: tampered or foreign.
-            return InvalidCiphertext("invalid ciphertext")
+            return InvalidCiphertext()
         return exc if isinstance(exc, Exception) else asyncio.CancelledError()
-
-
-def ciphertext_limit(api: str) -> int:
-    """The largest ciphertext kube-apiserver accepts from Encrypt for an API version."""
-    return V1_MAX_CIPHERTEXT if api == "v1beta1" else V2_MAX_CIPHERTEXT

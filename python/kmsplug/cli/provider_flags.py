@@ -1,39 +1,45 @@
-"""`serve` options for the remote providers: Vault, AWS and PKCS#11 settings, and the
+"""`serve`'s provider options: which providers, each provider's settings, and the
 resilience limits every remote KMS call runs under.
 
-The provider modules read their settings from an environment mapping (KMSPLUG_VAULT_*,
-KMSPLUG_AWS_*, KMSPLUG_PKCS11_*), which keeps them free of click. Each option here is one
-of those settings as a flag (and so as a config-file key): a value given on the command
-line, in the environment or in the config file is written under its KMSPLUG_* name into
-the mapping the provider reads. Click resolves flag > environment > config file, as for
-every other setting.
+The provider packages read their settings from an environment mapping (KMSPLUG_VAULT_*,
+KMSPLUG_AWS_*, KMSPLUG_PKCS11_*, Alibaba's KMSPLUG_KEY_ID, ...), which keeps them free
+of click. Each option here is one of those settings as a flag (and so as a config-file
+key): a value given on the command line, in the environment or in the config file is
+written under its KMSPLUG_* name into the mapping the provider reads. Click resolves
+flag > environment > config file, as for every other setting.
 
-Secrets (Vault tokens and secret_ids, the PKCS#11 PIN) have no flag: a command line is
-readable by every local user in /proc. They come from files (--vault-token-file,
---vault-secret-id-file, --pkcs11-pin-file) or the environment.
+Secrets (Vault tokens and secret_ids, the PKCS#11 PIN, cloud keys) have no flag: a
+command line is readable by every local user in /proc. They come from files
+(--vault-token-file, --vault-secret-id-file, --pkcs11-pin-file) or the environment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    from kmsplug.providers.resilient import ResiliencePolicy
+from kmsplug.cli.options import default_of, option
+from kmsplug.providers.alibaba import settings as alibaba
+from kmsplug.providers.registry import NAMES
+from kmsplug.providers.resilient import ResiliencePolicy
 
 
 @dataclass(frozen=True)
 class ProviderSetting:
     flag: str
     variable: str
-    """The KMSPLUG_* name the provider module reads."""
+    """The KMSPLUG_* name the provider package reads."""
     help: str
     aliases: tuple[str, ...] = ()
     """Other environment names accepted, after `variable` (e.g. Vault's own VAULT_ADDR)."""
     type: Any = None
+    default: str | None = None
+    """Shown in --help and always written; None: written only when given."""
+    multiple: bool = False
+    """Repeatable; the provider reads the values comma-separated."""
 
     @property
     def name(self) -> str:
@@ -43,6 +49,55 @@ class ProviderSetting:
 _FILE = click.Path(dir_okay=False)
 
 PROVIDER_SETTINGS: tuple[ProviderSetting, ...] = (
+    # Alibaba Cloud KMS (ack-kms-plugin's flag and environment names)
+    ProviderSetting(
+        "--key-id",
+        "KMSPLUG_KEY_ID",
+        "alibaba: the CMK id or alias (ack-kms-plugin's --key-id).",
+        default="",
+    ),
+    ProviderSetting(
+        "--region",
+        "KMSPLUG_REGION",
+        "alibaba: region of the KMS (AWS: --aws-region).",
+        ("ACK_KMS_REGION_ID",),
+        default="",
+    ),
+    ProviderSetting(
+        "--kms-endpoint",
+        "KMSPLUG_KMS_ENDPOINT",
+        "alibaba: KMS host[:port]; %s becomes the region. Public: kms.%s.aliyuncs.com; "
+        "a KMS instance: <instance>.cryptoservice.kms.aliyuncs.com.",
+        ("ACK_KMS_DOMAIN",),
+        default=alibaba.DEFAULT_ENDPOINT,
+    ),
+    ProviderSetting(
+        "--kms-protocol",
+        "KMSPLUG_KMS_PROTOCOL",
+        "",
+        type=click.Choice(["https", "http"]),
+        default=alibaba.DEFAULT_PROTOCOL,
+    ),
+    ProviderSetting(
+        "--encryption-context",
+        "KMSPLUG_ENCRYPTION_CONTEXT",
+        "KMS EncryptionContext bound to every wrap (JSON or a=b,c=d); keep it stable.",
+        default=alibaba.DEFAULT_ENCRYPTION_CONTEXT,
+    ),
+    ProviderSetting(
+        "--alibaba-allow-spec",
+        "KMSPLUG_ALIBABA_ALLOW_SPECS",
+        "Accept a CMK spec other than Aliyun_AES_256 (repeatable).",
+        multiple=True,
+    ),
+    ProviderSetting(
+        "--compat",
+        "KMSPLUG_COMPAT",
+        "ack: write exactly what ack-kms-plugin writes (direct mode, its key_id), so a "
+        "rollback to it can read everything.",
+        type=click.Choice(["none", "ack"]),
+        default="none",
+    ),
     # Vault / OpenBao Transit
     ProviderSetting("--vault-address", "KMSPLUG_VAULT_ADDR", "vault: server URL.", ("VAULT_ADDR",)),
     ProviderSetting(
@@ -153,33 +208,40 @@ PROVIDER_SETTINGS: tuple[ProviderSetting, ...] = (
 #: Every provider setting's parameter name, to pick them out of serve's parameters.
 PROVIDER_SETTING_NAMES = frozenset(setting.name for setting in PROVIDER_SETTINGS)
 
-#: ResiliencePolicy's defaults (a unit test keeps them equal); not imported from it, so
-#: that the CLI stays light (the providers package loads the Rust core and asyncio).
-DEFAULT_DEADLINE = 2.5
-DEFAULT_RATE = 500.0
-
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
-def remote_kms_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the provider settings and the resilience limits to a click command."""
+def provider_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the provider choices, their settings and the resilience limits to a command."""
     options: list[Decorator] = [
-        click.option(
+        option(
+            "--provider",
+            type=click.Choice(NAMES),
+            default="local",
+            envvar="KMSPLUG_PROVIDER",
+            help="Where the write KEK lives (vault, pkcs11, aws: their --vault-*, --pkcs11-*, "
+            "--aws-* settings below; see docs/operations.md).",
+        ),
+        option(
+            "--decrypt-provider",
+            "decrypt_providers",
+            type=click.Choice(NAMES),
+            multiple=True,
+            envvar="KMSPLUG_DECRYPT_PROVIDERS",
+            help="Also decrypt what this provider wrapped (repeatable): migrating between KMSes.",
+        ),
+        option(
             "--remote-deadline",
             type=click.FloatRange(min=0.05, max=60),
-            default=DEFAULT_DEADLINE,
-            show_default=True,
-            show_envvar=True,
+            default=default_of(ResiliencePolicy, "deadline"),
             envvar="KMSPLUG_REMOTE_DEADLINE",
             help="Seconds for one remote KMS operation, retries included; keep it below the "
             "EncryptionConfiguration's timeout (default 3 s) so callers get an answer.",
         ),
-        click.option(
+        option(
             "--remote-rate",
             type=click.FloatRange(min=0.1),
-            default=DEFAULT_RATE,
-            show_default=True,
-            show_envvar=True,
+            default=default_of(ResiliencePolicy, "rate"),
             envvar="KMSPLUG_REMOTE_RATE",
             help="Remote KMS calls per second this plugin allows itself (stay under the "
             "account's quota; bursts of up to a tenth of a second's worth).",
@@ -191,10 +253,12 @@ def remote_kms_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 setting.flag,
                 setting.name,
                 type=setting.type,
-                default=None,
+                default=() if setting.multiple else setting.default,
+                multiple=setting.multiple,
+                show_default=setting.default is not None,
                 show_envvar=True,
                 envvar=[setting.variable, *setting.aliases],
-                help=setting.help,
+                help=setting.help or None,
             )
         )
     for add in reversed(options):
@@ -211,16 +275,17 @@ def provider_environment(
     env = dict(environ)
     for setting in PROVIDER_SETTINGS:
         value = values.get(setting.name)
-        if value is None:
+        if value is None or value == ():
             continue
         for alias in setting.aliases:
             env.pop(alias, None)
-        env[setting.variable] = str(value)
+        env[setting.variable] = ",".join(value) if isinstance(value, tuple) else str(value)
     return env
 
 
-def resilience_policy(deadline: float, rate: float) -> ResiliencePolicy:
+def resilience_policy(values: Mapping[str, Any]) -> ResiliencePolicy:
     """The limits every remote provider runs under (the rest keep their defaults)."""
-    from kmsplug.providers import resilient
-
-    return resilient.ResiliencePolicy(deadline=deadline, rate=rate, burst=max(1, round(rate / 10)))
+    rate = float(values["remote_rate"])
+    return ResiliencePolicy(
+        deadline=float(values["remote_deadline"]), rate=rate, burst=max(1, round(rate / 10))
+    )

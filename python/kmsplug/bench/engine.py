@@ -1,6 +1,6 @@
 """`kmsplug bench`: drive any KMS plugin socket the way kube-apiserver does, and measure.
 
-Workloads: kmsplug.workloads (every loop bounded by time and by a request cap).
+Workloads: kmsplug.bench.workloads (every loop bounded by time and by a request cap).
 Reports throughput, latency percentiles (p50/p90/p99/p99.9), errors by gRPC code, and,
 given the plugin's Prometheus endpoint, the remote KMS calls it made during each run.
 """
@@ -11,7 +11,7 @@ import random
 import secrets
 import time
 import urllib.request
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -19,12 +19,13 @@ from typing import Any, Protocol
 import anyio
 import anyio.lowlevel
 import grpc
+from cachetools import LRUCache
 from prometheus_client.parser import text_string_to_metric_families
 
+from kmsplug.bench.workloads import WORKLOADS as WORKLOAD_MODELS
 from kmsplug.client import KmsClient
 from kmsplug.endpoint import Endpoint
 from kmsplug.errors import ConfigError
-from kmsplug.workloads import WORKLOADS as WORKLOAD_MODELS
 
 WORKLOADS = tuple(WORKLOAD_MODELS)
 #: kmsplug's counter of remote KMS calls (every provider, operation and outcome).
@@ -57,28 +58,6 @@ class Result:
         for name, p in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99), ("p999_ms", 0.999)):
             row[name] = round(self.percentile(p), 3)
         return row
-
-
-class DekCache:
-    """kube-apiserver's v1 DEK cache: an LRU keyed by the encrypted DEK."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[bytes, bytes] = OrderedDict()
-
-    def get(self, key: bytes) -> bytes | None:
-        value = self._entries.get(key)
-        if value is not None:
-            self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: bytes, value: bytes) -> None:
-        if self.size <= 0:
-            return
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -229,14 +208,19 @@ async def _prepare(client: KmsClient, plan: Plan) -> Callable[[], Awaitable[int]
             return 1
 
         return cold_read
-    cache = DekCache(plan.cache_size)
+    # kube-apiserver's v1 DEK cache: an LRU keyed by the encrypted DEK (0: no cache).
+    cache: LRUCache[bytes, bytes] | None = (
+        LRUCache(maxsize=plan.cache_size) if plan.cache_size > 0 else None
+    )
     rng = random.Random(7)  # noqa: S311 - which Secret to read, not cryptography
 
     async def read() -> int:
         cipher = stored[rng.randrange(len(stored))]
-        if cache.get(cipher) is not None:
+        if cache is not None and cache.get(cipher) is not None:  # a hit: most recently used
             return 0
-        cache.put(cipher, await client.v1_decrypt(cipher))
+        plain = await client.v1_decrypt(cipher)
+        if cache is not None:
+            cache[cipher] = plain
         return 1
 
     if plan.workload == "v1-read":

@@ -18,23 +18,14 @@ key_id is `aws:<key ARN>`, the ARN resolved by DescribeKey at preflight: AWS rot
 transparent (the ciphertext names the backing key), so it never changes for a key.
 Ciphertexts written by aws-encryption-provider (byte `1` + the raw CiphertextBlob, whose
 v2 key_id is its --key string verbatim) are recognised and decrypted through KMS.
-
-Environment (`aws_settings_from_env`): KMSPLUG_AWS_KEY (key id, ARN or alias/...),
-KMSPLUG_AWS_REGION / AWS_REGION / AWS_DEFAULT_REGION, KMSPLUG_AWS_ENDPOINT,
-KMSPLUG_AWS_ENCRYPTION_CONTEXT (JSON or a=b,c=d), KMSPLUG_AWS_TIMEOUT (seconds),
-KMSPLUG_AWS_LEGACY_KEY_IDS (comma-separated).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-
-import anyio
 
 from kmsplug.errors import (
     ConfigError,
@@ -45,9 +36,9 @@ from kmsplug.errors import (
     ProviderThrottled,
     ProviderTransient,
 )
-from kmsplug.extras import require
-from kmsplug.providers.base import RemoteKek
-from kmsplug.providers.resilient import ResiliencePolicy, Resilient, note_call
+from kmsplug.providers.aws.settings import AwsSettings
+from kmsplug.providers.base import KekProvider
+from kmsplug.providers.shared import WorkerThreads, env_value, note_call
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +61,6 @@ _BAD_CREDENTIALS = {
     "InvalidClientTokenId",
     "MissingAuthenticationToken",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class AwsSettings:
-    key: str
-    """Key id, key ARN or alias (`alias/...`), as aws-encryption-provider's --key."""
-    region: str = ""
-    endpoint_url: str = ""
-    """A KMS endpoint other than the region's (VPC endpoint, FIPS, an emulator)."""
-    encryption_context: Mapping[str, str] = field(default_factory=dict)
-    timeout: float = 2.0
-    """Connect and read timeout of one HTTP call, in seconds."""
-    legacy_key_ids: tuple[str, ...] = ()
-    """v2 key_ids another plugin reported for this key (besides `key` itself)."""
 
 
 def classify_error(exc: BaseException, settings: AwsSettings, operation: str) -> KmsplugError:
@@ -121,7 +98,7 @@ def classify_error(exc: BaseException, settings: AwsSettings, operation: str) ->
     if code in _BAD_CREDENTIALS:
         return ProviderRefused(f"AWS rejected the credentials ({code}): check them {where}")
     if code in _BAD_CIPHERTEXT or (decrypting and code == "ValidationException"):
-        return InvalidCiphertext("invalid ciphertext")
+        return InvalidCiphertext()
     if code in _TRANSIENT or code == "KeyUnavailableException" or status >= 500:
         return ProviderTransient(f"AWS KMS {operation} failed: {code} {where}")
     if code in _STATE:
@@ -138,7 +115,7 @@ def looks_like_legacy(ciphertext: bytes) -> bool:
     return len(ciphertext) > 16 and ciphertext[:1] == LEGACY_PREFIX
 
 
-class AwsKek(RemoteKek):
+class AwsKek(KekProvider):
     kind = "aws"
 
     def __init__(
@@ -156,7 +133,7 @@ class AwsKek(RemoteKek):
         self.settings = settings
         self._client = client
         self._rebuild = rebuild
-        self._limiter = anyio.CapacityLimiter(thread_limit)
+        self._threads = WorkerThreads(thread_limit)
         self._context = dict(settings.encryption_context)
         self.key_arn = settings.key if settings.key.startswith("arn:") else ""
 
@@ -182,14 +159,9 @@ class AwsKek(RemoteKek):
     # -- KMS calls -----------------------------------------------------------------------
 
     async def _run(self, operation: str, call: Callable[[], Any]) -> dict[str, Any]:
-        try:
-            response = await anyio.to_thread.run_sync(
-                call, limiter=self._limiter, abandon_on_cancel=True
-            )
-        except KmsplugError:
-            raise
-        except Exception as exc:
-            raise classify_error(exc, self.settings, operation) from None
+        response = await self._threads.run(
+            call, lambda exc: classify_error(exc, self.settings, operation)
+        )
         if not isinstance(response, dict):
             raise ProviderTransient(f"AWS KMS {operation} returned no answer")
         meta = response.get("ResponseMetadata", {})
@@ -225,7 +197,7 @@ class AwsKek(RemoteKek):
 
     async def _decrypt(self, blob: bytes, *, key: str | None) -> bytes:
         if not blob:
-            raise InvalidCiphertext("invalid ciphertext")
+            raise InvalidCiphertext
         args: dict[str, Any] = {"CiphertextBlob": blob}
         if key:
             args["KeyId"] = key
@@ -240,7 +212,7 @@ class AwsKek(RemoteKek):
     async def unwrap(self, wrapped: bytes) -> bytes:
         # KeyId pins the key: a blob of another key is InvalidCiphertext, not a success.
         if not looks_like_legacy(wrapped):
-            raise InvalidCiphertext("invalid ciphertext")
+            raise InvalidCiphertext
         return await self._decrypt(wrapped[len(LEGACY_PREFIX) :], key=self._target())
 
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
@@ -249,13 +221,13 @@ class AwsKek(RemoteKek):
         No KeyId: its blobs may come from an earlier --key; the blob names its key.
         """
         if not looks_like_legacy(ciphertext):
-            raise InvalidCiphertext("invalid ciphertext")
+            raise InvalidCiphertext
         return await self._decrypt(ciphertext[len(LEGACY_PREFIX) :], key=None)
 
     async def reload_credentials(self) -> None:
         """A new client: the credential chain (files, web identity, metadata) runs again."""
         if self._rebuild is not None:
-            self._client = await anyio.to_thread.run_sync(self._rebuild)
+            self._client = await self._threads.run(self._rebuild)
 
     async def preflight(self) -> list[str]:
         """Check the key before serving; raise ProviderRefused with what to fix."""
@@ -279,70 +251,19 @@ class AwsKek(RemoteKek):
     async def aclose(self) -> None:
         close = getattr(self._client, "close", None)
         if close is not None:
-            await anyio.to_thread.run_sync(close)
-
-
-def encryption_context_from(value: str) -> dict[str, str]:
-    """An encryption context as JSON (`{"a": "b"}`) or `a=b,c=d`."""
-    value = value.strip()
-    if not value:
-        return {}
-    if value.startswith("{"):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            raise ConfigError("aws: the encryption context is not valid JSON") from None
-        if not isinstance(parsed, dict):
-            raise ConfigError("aws: the encryption context must be a JSON object")
-        return {str(k): str(v) for k, v in parsed.items()}
-    pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
-    if any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
-        raise ConfigError("aws: the encryption context must be JSON or a=b,c=d")
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
-def _env(env: Mapping[str, str], *names: str, default: str = "") -> str:
-    for name in names:
-        value = env.get(name, "").strip()
-        if value:
-            return value
-    return default
-
-
-def aws_settings_from_env(env: Mapping[str, str]) -> AwsSettings:
-    """Settings from the environment (names in the module docstring)."""
-    key = _env(env, "KMSPLUG_AWS_KEY")
-    if not key:
-        raise ConfigError(
-            "aws: set --aws-key (KMSPLUG_AWS_KEY) to the key id, key ARN or alias/<name>"
-        )
-    timeout_text = _env(env, "KMSPLUG_AWS_TIMEOUT", default="2")
-    try:
-        timeout = float(timeout_text)
-    except ValueError:
-        raise ConfigError("aws: KMSPLUG_AWS_TIMEOUT must be a number of seconds") from None
-    legacy = _env(env, "KMSPLUG_AWS_LEGACY_KEY_IDS")
-    return AwsSettings(
-        key=key,
-        region=_env(env, "KMSPLUG_AWS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
-        endpoint_url=_env(env, "KMSPLUG_AWS_ENDPOINT"),
-        encryption_context=encryption_context_from(_env(env, "KMSPLUG_AWS_ENCRYPTION_CONTEXT")),
-        timeout=timeout,
-        legacy_key_ids=tuple(item.strip() for item in legacy.split(",") if item.strip()),
-    )
+            await self._threads.run(close)
 
 
 def make_client(settings: AwsSettings, env: Mapping[str, str], *, pool_size: int = 16) -> Any:
     """A boto3 KMS client: default credential chain, no botocore retries, pool = threads."""
-    require("aws", "the aws provider")
     boto3 = importlib.import_module("boto3")
     botocore_config = importlib.import_module("botocore.config")
     # Keys given in `env` win; otherwise boto3's chain (which also reads os.environ).
     session = boto3.session.Session(
-        aws_access_key_id=_env(env, "AWS_ACCESS_KEY_ID") or None,
-        aws_secret_access_key=_env(env, "AWS_SECRET_ACCESS_KEY") or None,
-        aws_session_token=_env(env, "AWS_SESSION_TOKEN") or None,
-        profile_name=_env(env, "AWS_PROFILE") or None,
+        aws_access_key_id=env_value(env, "AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=env_value(env, "AWS_SECRET_ACCESS_KEY") or None,
+        aws_session_token=env_value(env, "AWS_SESSION_TOKEN") or None,
+        profile_name=env_value(env, "AWS_PROFILE") or None,
     )
     config = botocore_config.Config(
         region_name=settings.region or None,
@@ -362,12 +283,8 @@ def make_client(settings: AwsSettings, env: Mapping[str, str], *, pool_size: int
         raise ConfigError(f"aws: cannot create the KMS client: {type(exc).__name__}") from None
 
 
-def aws_provider(
-    settings: AwsSettings,
-    env: Mapping[str, str],
-    resilience: ResiliencePolicy | None = None,
-) -> RemoteKek:
-    """The AWS KMS provider behind the resilience layer.
+def build(settings: AwsSettings, env: Mapping[str, str]) -> AwsKek:
+    """The AWS KMS provider.
 
     Static keys in `env` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN)
     or AWS_PROFILE are used if set; otherwise boto3's default credential chain.
@@ -382,4 +299,4 @@ def aws_provider(
     )
     where = settings.endpoint_url or f"region {client.meta.region_name}"
     log.info("aws kms: key %s on %s", settings.key, where)
-    return Resilient(kek, resilience)
+    return kek

@@ -11,19 +11,18 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from kmsplug.bench import Result
-from kmsplug.errors import ConfigError
+from kmsplug.bench.engine import Result
+from kmsplug.extras import require
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot drawing to files only, or a ConfigError naming the extra."""
-    try:
-        import matplotlib
+    """matplotlib.pyplot drawing to files only, or MissingExtra naming the extra."""
+    require("bench", "plots", ("matplotlib",))
+    import matplotlib
 
-        matplotlib.use("Agg")  # files only, no display
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ConfigError("plots need matplotlib: pip install 'kmsplug[bench]'") from exc
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
     return plt
 
 

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
-
-import anyio
 
 from kmsplug.errors import (
     ConfigError,
@@ -30,34 +27,15 @@ from kmsplug.errors import (
     ProviderThrottled,
     ProviderTransient,
 )
-from kmsplug.providers.base import RemoteKek
-from kmsplug.providers.resilient import note_call
+from kmsplug.providers.alibaba.credentials import credential_source, kms_client
+from kmsplug.providers.alibaba.settings import AlibabaSettings
+from kmsplug.providers.base import KekProvider
+from kmsplug.providers.shared import WorkerThreads, note_call
 
-ALLOWED_SPECS_DEFAULT = ("Aliyun_AES_256",)
+log = logging.getLogger(__name__)
+
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/]+={0,2}$")
 _KEY_VERSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")  # a KeyVersionId (UUID) or "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class AlibabaSettings:
-    key: str
-    """CMK id or alias (`alias/...`), as ack-kms-plugin's --key-id."""
-    region: str
-    endpoint: str = ""
-    """Host[:port]; default the VPC endpoint kms-vpc.<region>.aliyuncs.com (as ack)."""
-    protocol: str = "https"
-    encryption_context: Mapping[str, str] = field(default_factory=dict)
-    allowed_specs: tuple[str, ...] = ALLOWED_SPECS_DEFAULT
-    timeout_ms: int = 2000
-    legacy_key_ids: tuple[str, ...] = ()
-    """v2 key_ids another plugin reported for this CMK (ack reports --key-id verbatim)."""
-    compat_ack: bool = False
-    """Behave as ack-kms-plugin on the wire: key_id is the configured key string, and
-    (with direct mode) the ciphertext is the bare CiphertextBlob, without context."""
-
-    @property
-    def host(self) -> str:
-        return self.endpoint or f"kms-vpc.{self.region}.aliyuncs.com"
 
 
 def _describe(exc: Exception) -> tuple[str, int, str]:
@@ -114,7 +92,7 @@ def classify_error(
     if code.startswith(("InvalidCiphertext", "Rejected.ValueError")) or (
         code.startswith("InvalidParameter") and (decrypting or "Ciphertext" in code)
     ):
-        return InvalidCiphertext("invalid ciphertext")
+        return InvalidCiphertext()
     if not code and not status:
         return ProviderTransient(f"{_no_answer(exc)} {where}")
     if status >= 500 or not code:
@@ -127,7 +105,7 @@ def looks_like_ack_ciphertext(ciphertext: bytes) -> bool:
     return len(ciphertext) >= 24 and bool(_BASE64_TEXT.match(ciphertext))
 
 
-class AlibabaKek(RemoteKek):
+class AlibabaKek(KekProvider):
     kind = "alibaba"
 
     def __init__(
@@ -145,7 +123,7 @@ class AlibabaKek(RemoteKek):
         self.settings = settings
         self._client = client
         self._rebuild = rebuild
-        self._limiter = anyio.CapacityLimiter(thread_limit)
+        self._threads = WorkerThreads(thread_limit)
         self.cmk_id = settings.key  # the real KeyId once DescribeKey answered
         self.key_version = ""
         # ack-kms-plugin sends no EncryptionContext; a rollback to it must decrypt our output.
@@ -179,14 +157,9 @@ class AlibabaKek(RemoteKek):
     # -- KMS calls -----------------------------------------------------------------------
 
     async def _run(self, call: Callable[[], Any], *, decrypting: bool = False) -> Any:
-        try:
-            return await anyio.to_thread.run_sync(
-                call, limiter=self._limiter, abandon_on_cancel=True
-            )
-        except KmsplugError:
-            raise
-        except Exception as exc:
-            raise classify_error(exc, self.settings, decrypting=decrypting) from None
+        return await self._threads.run(
+            call, lambda exc: classify_error(exc, self.settings, decrypting=decrypting)
+        )
 
     def _runtime(self) -> Any:
         from darabonba.runtime import RuntimeOptions
@@ -217,7 +190,7 @@ class AlibabaKek(RemoteKek):
     async def reload_credentials(self) -> None:
         """A new SDK client with a new credential chain: files, URIs and metadata re-read."""
         if self._rebuild is not None:
-            self._client = await anyio.to_thread.run_sync(self._rebuild)
+            self._client = await self._threads.run(self._rebuild)
 
     async def refresh(self) -> None:
         """Read the CMK's primary version; a rotation in KMS changes our key_id."""
@@ -251,7 +224,7 @@ class AlibabaKek(RemoteKek):
         try:
             blob = wrapped.decode("ascii")
         except UnicodeDecodeError:
-            raise InvalidCiphertext("invalid ciphertext") from None
+            raise InvalidCiphertext from None
         request = models.DecryptRequest(
             ciphertext_blob=blob, encryption_context=self._context or None
         )
@@ -303,15 +276,18 @@ class AlibabaKek(RemoteKek):
         return [f"key {self.cmk_id} version {self.key_version} ({meta['KeySpec']}) is usable"]
 
 
-def encryption_context_from(value: str) -> dict[str, str]:
-    """`--alibaba-encryption-context` as JSON or `a=b,c=d`."""
-    value = value.strip()
-    if not value:
-        return {}
-    if value.startswith("{"):
-        parsed = json.loads(value)
-        return {str(k): str(v) for k, v in parsed.items()}
-    pairs = [item.split("=", 1) for item in value.split(",") if item]
-    if any(len(pair) != 2 for pair in pairs):
-        raise ConfigError("encryption context must be JSON or a=b,c=d")
-    return {k.strip(): v.strip() for k, v in pairs}
+def build(settings: AlibabaSettings, env: Mapping[str, str]) -> AlibabaKek:
+    """The Alibaba KMS provider, credentials from `env` (see the credentials module)."""
+    source = credential_source(env)
+    log.info("alibaba credentials: %s", source.describe())
+
+    def client() -> Any:
+        return kms_client(
+            credential_source(env),
+            host=settings.host,
+            region=settings.region,
+            protocol=settings.protocol,
+            timeout_ms=settings.timeout_ms,
+        )
+
+    return AlibabaKek(settings, client(), rebuild=client)

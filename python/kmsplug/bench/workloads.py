@@ -1,6 +1,6 @@
 """The workloads `kmsplug bench` can drive, with what each one models.
 
-Kept apart from bench.py (which imports grpc) so the CLI can list them cheaply.
+Kept apart from the engine (which imports grpc) so the CLI can list them cheaply.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The envelope layer with a remote-style provider: real AES-GCM, counted remote calls."""
+"""The sealer with a remote-style provider: real AES-GCM, counted remote calls."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import anyio.lowlevel
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kmsplug.envelope import Envelope, RotationPolicy
+from kmsplug.core import RotationPolicy
 from kmsplug.errors import InvalidCiphertext, ProviderUnavailable, UnknownKeyId
-from kmsplug.providers.base import RemoteKek
+from kmsplug.providers.base import KekProvider
+from kmsplug.sealer import Sealer
 from kmsplug.service import KeyService
 
 pytestmark = pytest.mark.anyio
 
 
-class CountingKek(RemoteKek):
+class CountingKek(KekProvider):
     """A stand-in remote KMS: real AES-256-GCM, call counters, optional latency and outage."""
 
     kind = "test"
@@ -58,23 +59,23 @@ class CountingKek(RemoteKek):
 
 async def test_one_wrap_serves_many_seals() -> None:
     kek = CountingKek()
-    envelope = Envelope(kek)
-    await envelope.start()
+    sealer = Sealer(kek)
+    await sealer.start()
     deks = [secrets.token_bytes(32) for _ in range(500)]
-    sealed = [await envelope.seal(dek) for dek in deks]
+    sealed = [await sealer.seal(dek) for dek in deks]
     assert {key_id for _, key_id in sealed} == {"test-key-1"}
-    assert [await envelope.open(ct, "test-key-1") for ct, _ in sealed] == deks
+    assert [await sealer.open(ct, "test-key-1") for ct, _ in sealed] == deks
     assert kek.calls["wrap"] == 1
     assert kek.calls["unwrap"] == 0
 
 
 async def test_cold_start_costs_one_unwrap_per_local_kek() -> None:
     kek = CountingKek(latency=0.05)
-    writer = Envelope(kek)
+    writer = Sealer(kek)
     await writer.start()
     deks = [secrets.token_bytes(32) for _ in range(2000)]
     sealed = [(await writer.seal(dek))[0] for dek in deks]
-    restarted = Envelope(kek)  # a new process: nothing cached
+    restarted = Sealer(kek)  # a new process: nothing cached
     results: list[bytes | None] = [None] * len(sealed)
 
     async def open_one(i: int) -> None:
@@ -89,10 +90,10 @@ async def test_cold_start_costs_one_unwrap_per_local_kek() -> None:
 
 async def test_unwrap_failure_reaches_every_waiter_then_recovers() -> None:
     kek = CountingKek(latency=0.01)
-    writer = Envelope(kek)
+    writer = Sealer(kek)
     await writer.start()
     ciphertext, _ = await writer.seal(b"k" * 32)
-    reader = Envelope(kek)
+    reader = Sealer(kek)
     kek.down = True
     errors: list[str] = []
 
@@ -113,45 +114,45 @@ async def test_unwrap_failure_reaches_every_waiter_then_recovers() -> None:
 
 async def test_rotation_by_budget_keeps_old_ciphertexts_open() -> None:
     kek = CountingKek()
-    envelope = Envelope(kek, policy=RotationPolicy(rotate_after_seals=10, max_seals=20))
-    await envelope.start()
+    sealer = Sealer(kek, policy=RotationPolicy(rotate_after_seals=10, max_seals=20))
+    await sealer.start()
     deks = [secrets.token_bytes(32) for _ in range(200)]
     sealed = []
     for dek in deks:
-        sealed.append((await envelope.seal(dek))[0])
+        sealed.append((await sealer.seal(dek))[0])
         await anyio.lowlevel.checkpoint()  # let a background rotation run
     assert kek.calls["wrap"] >= 10
-    assert [await envelope.open(ct) for ct in sealed] == deks
-    assert envelope.stats()["rotations"] >= 10
+    assert [await sealer.open(ct) for ct in sealed] == deks
+    assert sealer.stats().rotations >= 10
 
 
 async def test_remote_key_change_rotates_and_changes_key_id() -> None:
     kek = CountingKek("key-v1")
-    envelope = Envelope(kek)
-    await envelope.start()
-    old, old_id = await envelope.seal(b"a" * 32)
+    sealer = Sealer(kek)
+    await sealer.start()
+    old, old_id = await sealer.seal(b"a" * 32)
     kek.rotate_remote("key-v2")
-    assert envelope.needs_rotation()
-    await envelope.rotate()
-    new, new_id = await envelope.seal(b"b" * 32)
-    assert (old_id, new_id, envelope.key_id) == ("key-v1", "key-v2", "key-v2")
-    assert await envelope.open(old, "key-v1") == b"a" * 32
-    assert await envelope.open(new, "key-v2") == b"b" * 32
+    assert sealer.needs_rotation()
+    await sealer.rotate()
+    new, new_id = await sealer.seal(b"b" * 32)
+    assert (old_id, new_id, sealer.key_id) == ("key-v1", "key-v2", "key-v2")
+    assert await sealer.open(old, "key-v1") == b"a" * 32
+    assert await sealer.open(new, "key-v2") == b"b" * 32
     with pytest.raises(UnknownKeyId):
-        await envelope.open(new, "key-v1")
+        await sealer.open(new, "key-v1")
 
 
 async def test_garbage_is_invalid_ciphertext() -> None:
-    envelope = Envelope(CountingKek())
-    await envelope.start()
+    sealer = Sealer(CountingKek())
+    await sealer.start()
     for blob in (b"", b"\xc9", b"dGVzdA==", b"1" + os.urandom(100), os.urandom(200)):
         with pytest.raises(InvalidCiphertext):
-            await envelope.open(blob)
+            await sealer.open(blob)
 
 
 async def test_status_never_calls_the_provider() -> None:
     kek = CountingKek()
-    service = KeyService(Envelope(kek))
+    service = KeyService(Sealer(kek))
     await service.start()
     before = dict(kek.calls)
     for _ in range(1000):
@@ -163,7 +164,7 @@ async def test_status_never_calls_the_provider() -> None:
 
 async def test_probe_flips_health_and_recovers() -> None:
     kek = CountingKek()
-    service = KeyService(Envelope(kek))
+    service = KeyService(Sealer(kek))
     await service.start()
     kek.down = True
     await service.probe()

@@ -1,0 +1,2 @@
+"""AWS KMS: `settings` (from the environment), `kek` (the provider, its boto3 client,
+and `build`)."""
