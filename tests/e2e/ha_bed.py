@@ -12,9 +12,11 @@ EncryptionConfiguration pointing at it); the nodes share what real nodes share:
 Each apiserver runs in a UTS namespace of its own with the node's hostname when the
 machine allows it (root), so the three have distinct apiserver identities as on real nodes.
 
-Kept small for a 2-core machine: etcd on tmpfs with a small backend quota, and apiserver
-flags that drop what these tests never use (see TRIM_FLAGS). Ports are picked free and a
-start that loses a port to another process is retried with new ones.
+Kept small for a 2-core machine (about 1.3 GB resident in all: three apiservers of ~300
+MB, three plugins of ~80 MB, three etcd members of ~50 MB): etcd on tmpfs with a 1 GiB
+backend quota, and apiserver flags that drop what these tests never use (TRIM_FLAGS).
+Ports are picked free and a start that loses a port to another process is retried on
+new ones (ports.retry_port_clash).
 
 `make cluster-ha` (or `python tests/e2e/ha_bed.py`) starts one for a person to poke at,
 prints where everything is and writes it to bed.json; Ctrl-C stops it all.
