@@ -151,6 +151,16 @@ pub(crate) fn prefix(
     Ok(out)
 }
 
+/// A mode-2 envelope around what a remote provider's wrap returned (its opaque blob):
+/// kmsplug's own direct mode, so the `key_id` is read and checked as in every kmsplug
+/// ciphertext. The provider authenticates its blob; binding the `key_id` into it, where
+/// the KMS allows, is the provider's part (FORMAT.md, "Mode 2: direct").
+pub fn frame_direct(key_id: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
+    let mut out = prefix(Mode::Direct, key_id, wrapped.len(), 0)?;
+    out.extend_from_slice(wrapped);
+    Ok(out)
+}
+
 /// The full mode-1 header (magic up to and including the wrapped local KEK), with
 /// capacity for a sealed body of the largest plaintext.
 pub(crate) fn hierarchy_header(key_id: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
