@@ -136,6 +136,10 @@ class Sealer:
             # The key file's envelope is kmsplug's already; a compat mode wants the bare
             # blob, under the key_id the provider reports after the call (as the peer).
             return await writer.wrap(plaintext), writer.key_id
+        if not writer.binds_key_id():
+            # Nothing bound: frame the key_id that names the key version the call used.
+            wrapped = await writer.wrap(plaintext)
+            return frame_direct(writer.key_id, wrapped), writer.key_id
         # The key_id bound and framed is the one read before the call: should the KMS
         # move to a new key version meanwhile, this DEK still names a key_id it opens under.
         key_id = writer.key_id

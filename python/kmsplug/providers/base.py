@@ -65,6 +65,10 @@ class KekProvider(ABC):
         del key_id
         return await self.unwrap(wrapped)
 
+    def binds_key_id(self) -> bool:
+        """Whether `wrap_bound` binds the key_id into what the KMS authenticates."""
+        return False
+
     def writes_peer_format(self) -> bool:
         """Whether direct mode writes a peer plugin's own format (a `--compat` mode): the
         bare `wrap` output, under the peer's key_id, instead of kmsplug's frame."""

@@ -166,6 +166,9 @@ class Resilient(KekProvider):
     def legacy_ignores_key_id(self) -> bool:
         return self.inner.legacy_ignores_key_id()
 
+    def binds_key_id(self) -> bool:
+        return self.inner.binds_key_id()
+
     def writes_peer_format(self) -> bool:
         return self.inner.writes_peer_format()
 

@@ -160,6 +160,9 @@ class AlibabaKek(KekProvider):
         # --key-id changed (a CMK id, later an alias) stores objects under each string.
         return True
 
+    def binds_key_id(self) -> bool:
+        return True
+
     def writes_peer_format(self) -> bool:
         return self.settings.compat_ack
 

@@ -164,6 +164,9 @@ class AwsKek(KekProvider):
         # aws-encryption-provider reports --key verbatim and ignores key_id on Decrypt.
         return True
 
+    def binds_key_id(self) -> bool:
+        return True
+
     def writes_peer_format(self) -> bool:
         return self.settings.compat_aws
 
