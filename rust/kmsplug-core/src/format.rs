@@ -208,6 +208,26 @@ mod tests {
     }
 
     #[test]
+    fn frames_a_remote_blob_as_mode_2() {
+        // Pinned bytes: a framed direct-mode envelope is stored in etcd like any other.
+        let framed = frame_direct("aws:k", b"1blob").unwrap();
+        assert_eq!(
+            framed,
+            [
+                0xC9, 0x6B, 0x01, 0x02, 5, b'a', b'w', b's', b':', b'k', 0, 5, b'1', b'b', b'l',
+                b'o', b'b'
+            ]
+        );
+        assert_eq!(
+            peek(&framed).unwrap(),
+            (Mode::Direct, "aws:k", &b"1blob"[..])
+        );
+        assert!(frame_direct("", b"x").is_err());
+        assert!(frame_direct("k", b"").is_err());
+        assert!(frame_direct("k", &[0; 1025]).is_err());
+    }
+
+    #[test]
     fn parses_both_modes() {
         let ct = sample(Mode::Hierarchy, "kid", &[7; 60], &[1; 29]);
         let env = parse(&ct).unwrap();

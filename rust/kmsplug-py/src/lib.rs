@@ -31,7 +31,10 @@ fn frame_direct<'py>(
     key_id: &str,
     wrapped: pyo3::pybacked::PyBackedBytes,
 ) -> errors::Result<Bound<'py, PyBytes>> {
-    Ok(PyBytes::new(py, &kmsplug_core::frame_direct(key_id, &wrapped)?))
+    Ok(PyBytes::new(
+        py,
+        &kmsplug_core::frame_direct(key_id, &wrapped)?,
+    ))
 }
 
 /// A new random 256-bit key as a `bytearray`, so Python can wipe its one copy (no
