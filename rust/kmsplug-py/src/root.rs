@@ -45,7 +45,7 @@ impl PyRootKey {
         self.inner.seals()
     }
 
-    /// The seal budget: past it, sealing raises SealBudgetSpent; opening goes on.
+    /// The seal budget: past it, sealing raises `SealBudgetSpent`; opening goes on.
     #[getter]
     fn max_seals(&self) -> u64 {
         self.inner.max_seals()
