@@ -278,7 +278,8 @@ fn open_no_follow(path: &Path) -> Result<File> {
         Ok(fd) => Ok(File::from(fd)),
         Err(rustix::io::Errno::LOOP) => Err(Error::key_file(
             path,
-            "is a symbolic link: give the path of the key file itself",
+            "is a symbolic link: give the path of the key file itself (in a Kubernetes \
+             Secret volume: DIR/..data/NAME)",
         )),
         Err(errno) => Err(Error::key_file(
             path,
