@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -217,7 +217,13 @@ async def _serve(
     metrics.watch(service)
     lifecycle = Lifecycle()
     ops = OpsServer(service, metrics, lifecycle)
-    with SocketGuard(settings.endpoint) as guard:
+    # The signal handlers go in before the socket answers: a SIGHUP (or SIGTERM) sent as
+    # soon as a client sees the socket must not meet the default action (termination).
+    with (
+        anyio.open_signal_receiver(signal.SIGHUP) as hangups,
+        anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+        SocketGuard(settings.endpoint) as guard,
+    ):
         server = new_grpc_server()
         register(
             server,
@@ -241,38 +247,38 @@ async def _serve(
             on_ready()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(service.run_background)
-            tasks.start_soon(_reload_on_sighup, service, reread_policy)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("stopping", extra={"signal": signal.Signals(signum).name})
-                    break
-                guard.remove_socket()
-                lifecycle.draining = True
-                await health.enter_graceful_shutdown()
-                tasks.start_soon(_stop_now_on_second_signal, signals, server)
-                await _drain(inflight, settings.grace_period)
-                if sys.platform.startswith("linux"):
-                    log.debug("hung up", extra={"connections": _hang_up(settings.endpoint)})
-                await server.stop(grace=1.0)
-                lifecycle.serving = False
-                await ops.stop()
-                tasks.cancel_scope.cancel()
+            tasks.start_soon(_reload_on_sighup, service, reread_policy, hangups)
+            async for signum in signals:
+                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                break
+            guard.remove_socket()
+            lifecycle.draining = True
+            await health.enter_graceful_shutdown()
+            tasks.start_soon(_stop_now_on_second_signal, signals, server)
+            await _drain(inflight, settings.grace_period)
+            if sys.platform.startswith("linux"):
+                log.debug("hung up", extra={"connections": _hang_up(settings.endpoint)})
+            await server.stop(grace=1.0)
+            lifecycle.serving = False
+            await ops.stop()
+            tasks.cancel_scope.cancel()
 
 
 async def _reload_on_sighup(
-    service: KeyService, reread_policy: Callable[[], RotationPolicy] | None
+    service: KeyService,
+    reread_policy: Callable[[], RotationPolicy] | None,
+    hangups: AsyncIterator[int],
 ) -> None:
     """SIGHUP: new rotation settings and the remote key's state, without a restart."""
-    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
-        async for _ in signals:
-            log.info("SIGHUP: reloading")
-            policy = None
-            if reread_policy is not None:
-                try:
-                    policy = reread_policy()
-                except Exception as exc:  # a broken file keeps the settings in force
-                    log.warning("reload: settings unreadable", extra={"error": str(exc)})
-            await service.reload(policy)
+    async for _ in hangups:
+        log.info("SIGHUP: reloading")
+        policy = None
+        if reread_policy is not None:
+            try:
+                policy = reread_policy()
+            except Exception as exc:  # a broken file keeps the settings in force
+                log.warning("reload: settings unreadable", extra={"error": str(exc)})
+        await service.reload(policy)
 
 
 async def _stop_now_on_second_signal(signals: object, server: grpc.aio.Server) -> None:
