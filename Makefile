@@ -126,6 +126,10 @@ bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
 bench-cluster: build e2e-deps ## kube-apiserver latency per provider, kmsplug vs the real peers (~45 min; BENCHMARKS.md)
 	$(PY) benches/cluster_bench.py --delay-ms 5 --delay-ms 20 --quota-qps 1000 --rounds 2
 
+.PHONY: conformance-table
+conformance-table: build test-deps ## Run `kmsplug conformance` at kmsplug and the real peers; rewrite CONFORMANCE.md's tables (~10 min)
+	$(PY) tests/conformance/publish.py --write
+
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)
 	cargo clean
