@@ -136,7 +136,7 @@ bench-cluster: build e2e-deps ## kube-apiserver latency per provider, kmsplug vs
 	$(PY) benches/cluster_bench.py --delay-ms 5 --delay-ms 20 --quota-qps 1000 --rounds 2
 
 .PHONY: conformance-table
-conformance-table: build test-deps ## Run `kmsplug conformance` at kmsplug and the real peers; rewrite CONFORMANCE.md's tables (~10 min)
+conformance-table: build test-deps ## Run `kmsplug conformance` at kmsplug and the real peers; rewrite CONFORMANCE.md's tables (~3 min)
 	$(PY) tests/conformance/publish.py --write
 
 .PHONY: bench-scale

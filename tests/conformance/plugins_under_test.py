@@ -27,6 +27,7 @@ from secrets import token_hex
 
 import pytest
 from peers.runners import (
+    BUILD,
     AckSetup,
     Daemon,
     PeerUnavailable,
@@ -200,8 +201,27 @@ class Plugin:
             return f"kmsplug {kmsplug_commit} {provider} {mode}"
         source = pinned_sources().get(self.peer, "")
         commit = source.split()[1] if len(source.split()) == 2 else ""
-        pinned = commit[:7] if commit else "(newest source)"
+        pinned = commit[:7] if commit else _file_by_file_commits(self.peer)
         return f"{self.peer} {pinned}" + (" (v1 only)" if self.api == "v1" else "")
+
+
+def _file_by_file_commits(peer: str) -> str:
+    """A peer rebuilt file by file has no one commit: name the commits its plugin code
+    (plugin/*.go, tests aside) comes from, as listed in <peer>-SOURCES.txt."""
+    done = subprocess.run(
+        ["bash", str(BUILD), "--sources"], capture_output=True, text=True, check=False
+    )
+    listing = Path(done.stdout.strip()) / f"{peer}-SOURCES.txt"
+    if done.returncode != 0 or not listing.is_file():
+        return "(newest source)"
+    commits: list[str] = []
+    for line in listing.read_text().splitlines():
+        words = line.split()
+        path = words[0] if len(words) >= 2 else ""
+        code = path.startswith("plugin/") and path.endswith(".go") and "_test" not in path
+        if code and words[1][:7] not in commits:
+            commits.append(words[1][:7])
+    return f"(newest source: plugin/ at {' + '.join(commits)})" if commits else "(newest source)"
 
 
 def _aws_peer(kms: Kms, workdir: Path) -> Daemon:

@@ -69,7 +69,7 @@ OWN_TABLE = (
     "kmsplug-pkcs11-hierarchy",
     "kmsplug-pkcs11-direct",
 )
-LOAD_ROW = "load average, 1 min (before → after)"
+LOAD_ROW = "run at (UTC): load average, 1 min (before → after)"
 
 
 def load_average() -> list[float]:
@@ -175,7 +175,9 @@ def table(reports: Sequence[dict[str, Any]]) -> str:
         run = report.get("publish", {})
         if "load_average_before" not in run:
             return "?"
-        return f"{run['load_average_before'][0]:.1f} → {run['load_average_after'][0]:.1f}"
+        at = str(run.get("date", "?")).split()[-2]  # "2026-11-29 22:37 UTC": the time
+        before, after = run["load_average_before"][0], run["load_average_after"][0]
+        return f"{at}: {before:.1f} → {after:.1f}"
 
     row = f"| {LOAD_ROW} | | " + " | ".join(load(r) for r in reports) + " |"
     return "\n".join([*lines[:-1], row, lines[-1]])
@@ -206,7 +208,8 @@ def results_section(reports: dict[str, dict[str, Any]], missing: dict[str, str])
         ones = [load[0] for load in loads]
         prose += (
             f" Load average (1 min) during the runs: {min(ones):.1f} to {max(ones):.1f}; "
-            "each column's, just before and after its run, is the last row of its table."
+            "each column's, just before and after its run, is the last row of its table, "
+            "with the time of the run."
         )
     lines = [textwrap.fill(prose, width=88, break_on_hyphens=False), "", "KMSes:"]
     lines += [f"- {version}" for version in kms_versions]
