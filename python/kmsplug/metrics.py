@@ -1,8 +1,8 @@
 """Prometheus metrics: what an operator watches, none of it secret.
 
 Per-call figures are plain numbers, counted on the event loop (a dict entry and a list
-slot per call, no locks: prometheus_client's Counter and Histogram cost ~15 us a call in
-locks and Python), and turned into the same metric families at scrape time by a
+slot per call, no locks: prometheus_client's Counter and Histogram cost a few us a call
+in locks and Python), and turned into the same metric families at scrape time by a
 collector, as keyring and provider figures are. key_id appears only as a short SHA-256
 hash, like the apiserver's own metrics.
 """
@@ -48,8 +48,12 @@ def key_id_hash(key_id: str) -> str:
     return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()[:16]
 
 
-class _Calls:
-    """One API method's calls so far: by status code, and a latency histogram."""
+class CallCounter:
+    """One API method's calls so far: by status code, and a latency histogram.
+
+    The servicer holds one per method (`Metrics.calls`), so counting a call is one method
+    call on the event loop: no label lookup, no lock (calls and scrapes share the loop).
+    """
 
     __slots__ = ("buckets", "codes", "codes_created", "created", "sum")
 
@@ -58,7 +62,20 @@ class _Calls:
         self.codes_created: dict[str, float] = {}
         self.buckets = [0] * len(_BOUNDS)  # per bucket, not cumulative
         self.sum = 0.0
-        self.created = time.time()
+        self.created = 0.0  # set by the first call: the series appear with it
+
+    def observe(self, code: str, seconds: float) -> None:
+        codes = self.codes
+        if code in codes:
+            codes[code] += 1
+        else:  # the first call with this code makes its series, as labels() did
+            now = time.time()
+            if not codes:
+                self.created = now
+            self.codes_created[code] = now
+            codes[code] = 1
+        self.buckets[bisect_left(_BOUNDS, seconds)] += 1
+        self.sum += seconds
 
 
 class Metrics:
@@ -66,22 +83,19 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._calls: dict[tuple[str, str], _Calls] = {}
+        self._calls: dict[tuple[str, str], CallCounter] = {}
         self.registry.register(_CallCollector(self._calls))
 
+    def calls(self, api: str, method: str) -> CallCounter:
+        """The counter of one API method's calls (exported once it counted a call)."""
+        counter = self._calls.get((api, method))
+        if counter is None:
+            counter = self._calls[(api, method)] = CallCounter()
+        return counter
+
     def observe(self, api: str, method: str, code: str, seconds: float) -> None:
-        """Count one call: the hot path, so no locks (calls and scrapes share the loop)."""
-        calls = self._calls.get((api, method))
-        if calls is None:  # a method's first call makes its series, as labels() did
-            calls = self._calls[(api, method)] = _Calls()
-        codes = calls.codes
-        count = codes.get(code)
-        if count is None:
-            calls.codes_created[code] = time.time()
-            count = 0
-        codes[code] = count + 1
-        calls.buckets[bisect_left(_BOUNDS, seconds)] += 1
-        calls.sum += seconds
+        """Count one call (servicers hold their `calls` counters instead: no lookup)."""
+        self.calls(api, method).observe(code, seconds)
 
     def watch(self, service: KeyService) -> None:
         """Report the service's keyring, provider and health figures at scrape time."""
@@ -92,7 +106,7 @@ class _CallCollector(Collector):
     """kmsplug_requests_total and kmsplug_request_duration_seconds, as prometheus_client's
     Counter and Histogram expose them (with their _created series, unless turned off)."""
 
-    def __init__(self, calls: dict[tuple[str, str], _Calls]) -> None:
+    def __init__(self, calls: dict[tuple[str, str], CallCounter]) -> None:
         self.calls = calls
 
     def collect(self) -> Iterator[Metric]:
@@ -100,6 +114,8 @@ class _CallCollector(Collector):
         requests = CounterMetricFamily(REQUESTS, REQUESTS_HELP, labels=["api", "method", "code"])
         latency = Metric(LATENCY, LATENCY_HELP, "histogram")
         for (api, method), calls in list(self.calls.items()):
+            if not calls.codes:  # no call yet: no series, as before a labels() call
+                continue
             for code, count in list(calls.codes.items()):
                 requests.add_metric(
                     [api, method, code],
