@@ -46,6 +46,9 @@ class Sealer:
         self.providers: tuple[KekProvider, ...] = (writer, *readers)
         self.hierarchy = hierarchy
         self._keyring = (policy or RotationPolicy()).new_keyring()
+        # The keyring's current key_id, kept here: it changes only when _new_local_kek
+        # installs a KEK, and asking Rust costs a lock and a new str on every seal.
+        self._current_key_id: str | None = None
         self._rotation: asyncio.Task[None] | None = None
         # wrapped local KEK -> ciphertexts waiting for it to be unwrapped
         self._cold: dict[bytes, list[tuple[bytes, str | None, asyncio.Future[bytes]]]] = {}
@@ -54,7 +57,7 @@ class Sealer:
     def key_id(self) -> str:
         """The key_id stamped on what `seal` returns now (Status must report this one)."""
         if self.hierarchy:
-            return self._keyring.current_key_id or self.writer.key_id
+            return self._current_key_id or self.writer.key_id
         return self.writer.key_id
 
     def stats(self) -> KeyringStats:
@@ -80,12 +83,14 @@ class Sealer:
         writer = self.writer
         if isinstance(writer, KeyFileKek):
             self._keyring.rotate_local(writer.root)
+            self._current_key_id = self._keyring.current_key_id
             return
         kek = bytearray(secrets.token_bytes(LOCAL_KEK_BYTES))
         try:
             wrapped = await writer.wrap(bytes(kek))
             # After the wrap: a remote key that moved to a new version says so in key_id.
             self._keyring.install_current(writer.key_id, wrapped, kek)
+            self._current_key_id = self._keyring.current_key_id
         finally:
             kek[:] = bytes(len(kek))
 
@@ -95,22 +100,44 @@ class Sealer:
             return False
         return self._keyring.needs_rotation() or self._keyring.current_key_id != self.writer.key_id
 
+    def seal_now(self, plaintext: bytes) -> tuple[bytes, str] | None:
+        """Seal a DEK under the current local KEK without waiting (the hot path: no
+        coroutine); None when only `seal` can (direct mode, a KEK to replace first)."""
+        if not self.hierarchy or len(plaintext) > MAX_PLAINTEXT:
+            return None
+        try:
+            return self._seal_current(plaintext)
+        except NeedsRotation:
+            return None
+
     async def seal(self, plaintext: bytes) -> tuple[bytes, str]:
         """Seal a DEK; return the ciphertext and the key_id it is stamped with."""
         if len(plaintext) > MAX_PLAINTEXT:
             raise PlaintextTooLarge
         if not self.hierarchy:
             return await self.writer.wrap(plaintext), self.writer.key_id
-        keyring = self._keyring
         try:
-            ciphertext = keyring.seal(plaintext)
-        except NeedsRotation:
+            return self._seal_current(plaintext)
+        except NeedsRotation:  # the KEK's hard limit: a new one first
             await self.rotate()
-            ciphertext = keyring.seal(plaintext)
+            return self._seal_current(plaintext)
+
+    def _seal_current(self, plaintext: bytes) -> tuple[bytes, str]:
+        keyring = self._keyring
+        ciphertext = keyring.seal(plaintext)
         if keyring.needs_rotation() and (self._rotation is None or self._rotation.done()):
             # Soft limit reached: rotate in the background while this KEK still seals.
             self._rotation = asyncio.create_task(self._new_local_kek())
-        return ciphertext, keyring.current_key_id or self.writer.key_id
+        return ciphertext, self._current_key_id or self.writer.key_id
+
+    def open_now(self, ciphertext: bytes, key_id: str | None = None) -> bytes | None:
+        """Open a ciphertext whose local KEK is cached, without waiting (the hot path);
+        None when only `open` can (a KEK to load, another format, an error to sort out)."""
+        try:
+            plaintext: bytes = self._keyring.open(ciphertext, key_id)
+        except (KekNotCached, InvalidCiphertext, UnknownKeyId):
+            return None
+        return plaintext
 
     async def open(self, ciphertext: bytes, key_id: str | None = None) -> bytes:
         """Open a ciphertext; `key_id` (KMS v2) must be the one it was sealed under.
