@@ -8,7 +8,12 @@ Same server options and event loop as kmsplug, same socket kind. Two kinds:
   reports that KEK's key_id. No checks, metrics, counters or layers: the cost kmsplug
   adds is the difference between this server and kmsplug.
 
-Usage: empty_server.py [--floor KEY_FILE] SOCKET_PATH
+Calls are routed as kmsplug routes them: generic handlers only (servicers.GenericOnly),
+so the comparison holds no routing difference. `--registered` adds the per-method
+handlers that generated code registers, as a naive plugin would (grpc.aio then waits on
+one pending request per method for every call: see GenericOnly).
+
+Usage: empty_server.py [--floor KEY_FILE] [--registered] SOCKET_PATH
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from kmsplug._proto.v2 import api_pb2 as v2
 from kmsplug._proto.v2 import api_pb2_grpc as v2_grpc
 from kmsplug.core import Keyring, RootKey
 from kmsplug.server import SERVER_OPTIONS
+from kmsplug.servicers import GenericOnly
 
 FIXED = bytes(160)
 
@@ -87,15 +93,16 @@ def floor_keyring(key_file: Path) -> Keyring:
     return keyring
 
 
-async def main(path: str, key_file: Path | None) -> None:
+async def main(path: str, key_file: Path | None, registered: bool) -> None:
     server = grpc.aio.server(options=SERVER_OPTIONS)
+    target: Any = server if registered else GenericOnly(server)
     if key_file is None:
         v1_servicer, v2_servicer = EmptyV1(), EmptyV2()
     else:
         keyring = floor_keyring(key_file)
         v1_servicer, v2_servicer = FloorV1(keyring), FloorV2(keyring)
-    v1_grpc.add_KeyManagementServiceServicer_to_server(v1_servicer, server)
-    v2_grpc.add_KeyManagementServiceServicer_to_server(v2_servicer, server)
+    v1_grpc.add_KeyManagementServiceServicer_to_server(v1_servicer, target)
+    v2_grpc.add_KeyManagementServiceServicer_to_server(v2_servicer, target)
     server.add_insecure_port(f"unix:{path}")
     await server.start()
     print("serving on", path, flush=True)
@@ -110,6 +117,7 @@ async def main(path: str, key_file: Path | None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--floor", type=Path, metavar="KEY_FILE")
+    parser.add_argument("--registered", action="store_true")
     parser.add_argument("socket")
     args = parser.parse_args()
-    uvloop.run(main(args.socket, args.floor))
+    uvloop.run(main(args.socket, args.floor, args.registered))
