@@ -105,10 +105,15 @@ class Sealer:
         coroutine); None when only `seal` can (direct mode, a KEK to replace first)."""
         if not self.hierarchy or len(plaintext) > MAX_PLAINTEXT:
             return None
+        keyring = self._keyring
         try:
-            return self._seal_current(plaintext)
+            ciphertext = keyring.seal(plaintext)
         except NeedsRotation:
             return None
+        if keyring.needs_rotation() and (self._rotation is None or self._rotation.done()):
+            # Soft limit reached: rotate in the background while this KEK still seals.
+            self._rotation = asyncio.create_task(self._new_local_kek())
+        return ciphertext, self._current_key_id or self.writer.key_id
 
     async def seal(self, plaintext: bytes) -> tuple[bytes, str]:
         """Seal a DEK; return the ciphertext and the key_id it is stamped with."""
@@ -116,19 +121,13 @@ class Sealer:
             raise PlaintextTooLarge
         if not self.hierarchy:
             return await self.writer.wrap(plaintext), self.writer.key_id
-        try:
-            return self._seal_current(plaintext)
-        except NeedsRotation:  # the KEK's hard limit: a new one first
+        sealed = self.seal_now(plaintext)
+        if sealed is None:  # the KEK's hard limit: a new one first
             await self.rotate()
-            return self._seal_current(plaintext)
-
-    def _seal_current(self, plaintext: bytes) -> tuple[bytes, str]:
-        keyring = self._keyring
-        ciphertext = keyring.seal(plaintext)
-        if keyring.needs_rotation() and (self._rotation is None or self._rotation.done()):
-            # Soft limit reached: rotate in the background while this KEK still seals.
-            self._rotation = asyncio.create_task(self._new_local_kek())
-        return ciphertext, self._current_key_id or self.writer.key_id
+            sealed = self.seal_now(plaintext)
+            if sealed is None:  # concurrent seals spent the new one meanwhile
+                raise NeedsRotation("the local KEK's seal budget is spent")
+        return sealed
 
     def open_now(self, ciphertext: bytes, key_id: str | None = None) -> bytes | None:
         """Open a ciphertext whose local KEK is cached, without waiting (the hot path);
