@@ -66,9 +66,9 @@ class CallCounter:
 
     def observe(self, code: str, seconds: float) -> None:
         codes = self.codes
-        if code in codes:
+        try:
             codes[code] += 1
-        else:  # the first call with this code makes its series, as labels() did
+        except KeyError:  # the first call with this code makes its series, as labels() did
             now = time.time()
             if not codes:
                 self.created = now
