@@ -104,7 +104,8 @@ class Server:
     command: list[str]
     socket: Path
     work: Path
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    # One hash seed for every server: dict layouts, and so instruction counts, repeat.
+    env: dict[str, str] = field(default_factory=lambda: {**os.environ, "PYTHONHASHSEED": "0"})
     proc: subprocess.Popen[bytes] | None = None
     client: subprocess.Popen[str] | None = None
     dumps: int = 0
