@@ -31,7 +31,7 @@ from typing import Any
 Piece = Callable[[], Awaitable[object]]
 
 
-async def _pieces() -> dict[str, Piece]:
+async def _pieces(work: Path) -> dict[str, Piece]:
     from kmsplug._proto.v1beta1 import api_pb2 as v1
     from kmsplug._proto.v2 import api_pb2 as v2
     from kmsplug.metrics import Metrics
@@ -40,7 +40,6 @@ async def _pieces() -> dict[str, Piece]:
     from kmsplug.service import KeyService
     from kmsplug.servicers import InflightCounter, V1beta1Servicer, V2Servicer
 
-    work = Path(tempfile.mkdtemp(prefix="kmsplug-layers-"))
     service = KeyService(Sealer(KeyFileKek.open(work / "local.key", create=True)))
     await service.start()
     sealer = service.sealer
@@ -132,7 +131,11 @@ async def _pieces() -> dict[str, Piece]:
 
 async def _worker() -> None:
     """Run `PIECE N` lines from stdin; answer `done` after each."""
-    pieces = await _pieces()
+    with tempfile.TemporaryDirectory(prefix="kmsplug-layers-") as work:
+        await _serve_pieces(await _pieces(Path(work)))
+
+
+async def _serve_pieces(pieces: dict[str, Piece]) -> None:
     loop = asyncio.get_running_loop()
     print("ready", flush=True)
     while line := await loop.run_in_executor(None, sys.stdin.readline):
@@ -145,7 +148,8 @@ async def _worker() -> None:
 
 class _Callgrind:
     def __init__(self) -> None:
-        self.out = Path(tempfile.mkdtemp(prefix="kmsplug-layers-cg-")) / "cg"
+        self.dir = tempfile.TemporaryDirectory(prefix="kmsplug-layers-cg-")
+        self.out = Path(self.dir.name) / "cg"
         self.proc = subprocess.Popen(
             [
                 "valgrind",
@@ -204,6 +208,7 @@ class _Callgrind:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.dir.cleanup()
 
 
 def main() -> None:
@@ -212,7 +217,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    names = args.pieces or [name for name in asyncio.run(_pieces()) if name != "nothing"]
+    with tempfile.TemporaryDirectory(prefix="kmsplug-layers-") as work:
+        every = asyncio.run(_pieces(Path(work)))
+    names = args.pieces or [name for name in every if name != "nothing"]
+    unknown = set(names) - set(every)
+    if unknown:
+        parser.error(f"unknown pieces: {sorted(unknown)}; known: {sorted(every)}")
     cg = _Callgrind()
     try:
         for name in ["nothing", *names]:
