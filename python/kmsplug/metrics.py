@@ -2,9 +2,9 @@
 
 Per-call figures are plain numbers, counted on the event loop (a dict entry and a list
 slot per call, no locks: ~0.45 us a call, where prometheus_client's bound Counter and
-Histogram take ~2.2 us in locks and Python), and turned into the same metric families at scrape time by a
-collector, as keyring and provider figures are. key_id appears only as a short SHA-256
-hash, like the apiserver's own metrics.
+Histogram take ~2.2 us in locks and Python), and turned into the same metric families at
+scrape time by a collector, as keyring and provider figures are. key_id appears only as
+a short SHA-256 hash, like the apiserver's own metrics.
 """
 
 from __future__ import annotations
