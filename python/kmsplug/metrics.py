@@ -1,19 +1,31 @@
 """Prometheus metrics: what an operator watches, none of it secret.
 
-Per-call instruments are pre-bound to their labels so a call costs a few microseconds.
-Keyring and provider figures are read at scrape time by a collector, not counted twice.
-key_id appears only as a short SHA-256 hash, like the apiserver's own metrics.
+Per-call figures are plain numbers, counted on the event loop (a dict entry and a list
+slot per call, no locks: ~0.45 us a call, where prometheus_client's bound Counter and
+Histogram take ~2.2 us in locks and Python), and turned into the same metric families at
+scrape time by a collector, as keyring and provider figures are. key_id appears only as
+a short SHA-256 hash, like the apiserver's own metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import time
+from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from kmsplug.service import KeyService
@@ -23,10 +35,47 @@ LATENCY_BUCKETS = (
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
     0.5, 1.0, 2.5, 5.0,
 )  # fmt: skip
+_BOUNDS = (*LATENCY_BUCKETS, math.inf)
+_LE: tuple[str, ...] = tuple(floatToGoString(bound) for bound in _BOUNDS)  # type: ignore[no-untyped-call]
+
+REQUESTS = "kmsplug_requests"
+REQUESTS_HELP = "gRPC calls handled, by API version, method and status code."
+LATENCY = "kmsplug_request_duration_seconds"
+LATENCY_HELP = "Time spent handling a gRPC call inside the plugin."
 
 
 def key_id_hash(key_id: str) -> str:
     return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()[:16]
+
+
+class CallCounter:
+    """One API method's calls so far: by status code, and a latency histogram.
+
+    The servicer holds one per method (`Metrics.calls`), so counting a call is one method
+    call on the event loop: no label lookup, no lock (calls and scrapes share the loop).
+    """
+
+    __slots__ = ("buckets", "codes", "codes_created", "created", "sum")
+
+    def __init__(self) -> None:
+        self.codes: dict[str, int] = {}
+        self.codes_created: dict[str, float] = {}
+        self.buckets = [0] * len(_BOUNDS)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.created = 0.0  # set by the first call: the series appear with it
+
+    def observe(self, code: str, seconds: float) -> None:
+        codes = self.codes
+        try:
+            codes[code] += 1
+        except KeyError:  # the first call with this code makes its series, as labels() did
+            now = time.time()
+            if not codes:
+                self.created = now
+            self.codes_created[code] = now
+            codes[code] = 1
+        self.buckets[bisect_left(_BOUNDS, seconds)] += 1
+        self.sum += seconds
 
 
 class Metrics:
@@ -34,35 +83,56 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "kmsplug_requests",
-            "gRPC calls handled, by API version, method and status code.",
-            ["api", "method", "code"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "kmsplug_request_duration_seconds",
-            "Time spent handling a gRPC call inside the plugin.",
-            ["api", "method"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._bound: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._calls: dict[tuple[str, str], CallCounter] = {}
+        self.registry.register(_CallCollector(self._calls))
+
+    def calls(self, api: str, method: str) -> CallCounter:
+        """The counter of one API method's calls (exported once it counted a call)."""
+        counter = self._calls.get((api, method))
+        if counter is None:
+            counter = self._calls[(api, method)] = CallCounter()
+        return counter
 
     def observe(self, api: str, method: str, code: str, seconds: float) -> None:
-        bound = self._bound.get((api, method, code))
-        if bound is None:  # first call of its kind: bind the labels once
-            bound = self._bound[(api, method, code)] = (
-                self.requests.labels(api, method, code),
-                self.latency.labels(api, method),
-            )
-        requests, latency = bound
-        requests.inc()
-        latency.observe(seconds)
+        """Count one call (servicers hold their `calls` counters instead: no lookup)."""
+        self.calls(api, method).observe(code, seconds)
 
     def watch(self, service: KeyService) -> None:
         """Report the service's keyring, provider and health figures at scrape time."""
         self.registry.register(_ServiceCollector(service))
+
+
+class _CallCollector(Collector):
+    """kmsplug_requests_total and kmsplug_request_duration_seconds, as prometheus_client's
+    Counter and Histogram expose them (with their _created series, unless turned off)."""
+
+    def __init__(self, calls: dict[tuple[str, str], CallCounter]) -> None:
+        self.calls = calls
+
+    def collect(self) -> Iterator[Metric]:
+        created = getattr(prometheus_metrics, "_use_created", True)
+        requests = CounterMetricFamily(REQUESTS, REQUESTS_HELP, labels=["api", "method", "code"])
+        latency = Metric(LATENCY, LATENCY_HELP, "histogram")
+        for (api, method), calls in list(self.calls.items()):
+            if not calls.codes:  # no call yet: no series, as before a labels() call
+                continue
+            for code, count in list(calls.codes.items()):
+                requests.add_metric(
+                    [api, method, code],
+                    float(count),
+                    created=calls.codes_created[code] if created else None,
+                )
+            labels = {"api": api, "method": method}
+            cumulative = 0
+            for le, count in zip(_LE, list(calls.buckets), strict=True):
+                cumulative += count
+                latency.add_sample(f"{LATENCY}_bucket", {**labels, "le": le}, float(cumulative))
+            latency.add_sample(f"{LATENCY}_count", labels, float(cumulative))
+            latency.add_sample(f"{LATENCY}_sum", labels, calls.sum)
+            if created:
+                latency.add_sample(f"{LATENCY}_created", labels, calls.created)
+        yield requests
+        yield latency
 
 
 class _ServiceCollector(Collector):

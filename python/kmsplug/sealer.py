@@ -57,6 +57,9 @@ class Sealer:
         policy = policy or RotationPolicy()
         self._keyring = policy.new_keyring()
         self._apply_root_budget(policy)
+        # The keyring's current key_id, kept here: it changes only when _new_local_kek
+        # installs a KEK, and asking Rust costs a lock and a new str on every seal.
+        self._current_key_id: str | None = None
         self._rotation: asyncio.Task[None] | None = None
         # wrapped local KEK -> ciphertexts waiting for it to be unwrapped
         self._cold: dict[bytes, list[tuple[bytes, str | None, asyncio.Future[bytes]]]] = {}
@@ -65,7 +68,7 @@ class Sealer:
     def key_id(self) -> str:
         """The key_id stamped on what `seal` returns now (Status must report this one)."""
         if self.hierarchy:
-            return self._keyring.current_key_id or self.writer.key_id
+            return self._current_key_id or self.writer.key_id
         return self.writer.key_id
 
     def stats(self) -> KeyringStats:
@@ -97,12 +100,14 @@ class Sealer:
         writer = self.writer
         if isinstance(writer, KeyFileKek):
             self._keyring.rotate_local(writer.root)
+            self._current_key_id = self._keyring.current_key_id
             return
         kek = random_key()  # the only Python copy: handed to wrap as it is, then wiped
         try:
             wrapped = await writer.wrap(kek)
             # After the wrap: a remote key that moved to a new version says so in key_id.
             self._keyring.install_current(writer.key_id, wrapped, kek)
+            self._current_key_id = self._keyring.current_key_id
         finally:
             kek[:] = bytes(len(kek))
 
@@ -112,22 +117,45 @@ class Sealer:
             return False
         return self._keyring.needs_rotation() or self._keyring.current_key_id != self.writer.key_id
 
+    def seal_now(self, plaintext: bytes) -> tuple[bytes, str] | None:
+        """Seal a DEK under the current local KEK without waiting (the hot path: no
+        coroutine); None when only `seal` can (direct mode, a KEK to replace first)."""
+        if not self.hierarchy or len(plaintext) > MAX_PLAINTEXT:
+            return None
+        keyring = self._keyring
+        try:
+            ciphertext = keyring.seal(plaintext)
+        except NeedsRotation:
+            return None
+        if keyring.needs_rotation() and (self._rotation is None or self._rotation.done()):
+            # Soft limit reached: rotate in the background while this KEK still seals.
+            self._rotation = asyncio.create_task(self._new_local_kek())
+        return ciphertext, self._current_key_id or self.writer.key_id
+
     async def seal(self, plaintext: bytes) -> tuple[bytes, str]:
         """Seal a DEK; return the ciphertext and the key_id it is stamped with."""
         if len(plaintext) > MAX_PLAINTEXT:
             raise PlaintextTooLarge
         if not self.hierarchy:
             return await self._seal_direct(plaintext)
-        keyring = self._keyring
-        try:
-            ciphertext = keyring.seal(plaintext)
-        except NeedsRotation:
+        sealed = self.seal_now(plaintext)
+        if sealed is None:  # the KEK's hard limit: a new one first
             await self.rotate()
-            ciphertext = keyring.seal(plaintext)
-        if keyring.needs_rotation() and (self._rotation is None or self._rotation.done()):
-            # Soft limit reached: rotate in the background while this KEK still seals.
-            self._rotation = asyncio.create_task(self._new_local_kek())
-        return ciphertext, keyring.current_key_id or self.writer.key_id
+            sealed = self.seal_now(plaintext)
+            if sealed is None:  # concurrent seals spent the new one meanwhile
+                raise NeedsRotation("the local KEK's seal budget is spent")
+        return sealed
+
+    def open_now(self, ciphertext: bytes, key_id: str | None = None) -> bytes | None:
+        """Open a ciphertext whose local KEK is cached, without waiting (the hot path);
+        None when only `open` can (a KEK to load, another format, an error to sort out)."""
+        if not self.hierarchy:  # direct mode: its ciphertexts open through the provider
+            return None
+        try:
+            plaintext: bytes = self._keyring.open(ciphertext, key_id)
+        except (KekNotCached, InvalidCiphertext, UnknownKeyId):
+            return None
+        return plaintext
 
     async def _seal_direct(self, plaintext: bytes) -> tuple[bytes, str]:
         """Direct mode: the provider wraps the DEK; its blob goes out in kmsplug's frame."""

@@ -35,7 +35,7 @@ from kmsplug.errors import ConfigError
 from kmsplug.metrics import Metrics
 from kmsplug.ops_http import Lifecycle, OpsServer, listen, parse_address
 from kmsplug.service import KeyService
-from kmsplug.servicers import InflightCounter, register
+from kmsplug.servicers import GenericOnly, InflightCounter, register
 from kmsplug.sockets import SocketGuard
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ async def _serve(
             metrics=metrics,
         )
         health = grpc_health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health, GenericOnly(server))
         await _bind(server, guard, settings.socket_mode)
         if http_socket is not None:
             address = await ops.start(http_socket)

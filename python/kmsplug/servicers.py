@@ -50,7 +50,7 @@ from kmsplug.errors import (
     UnknownKeyId,
 )
 from kmsplug.log import clip
-from kmsplug.metrics import Metrics
+from kmsplug.metrics import CallCounter, Metrics
 from kmsplug.service import KeyService
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,16 @@ class InflightCounter:
         self.draining = False
 
 
+perf_counter = time.perf_counter  # a module global: one lookup less per call
+
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[bytes, Any]], Awaitable[Any]]
 RawHandler = Callable[[Any, bytes, grpc.aio.ServicerContext[bytes, Any]], Awaitable[Any]]
 
 MALFORMED = "malformed request"
+UNSUPPORTED_VERSION = "unsupported version"
+EMPTY_PLAINTEXT = "empty plaintext"
+# The methods below check inline, without helpers: a Python call costs ~1,000
+# instructions, and these run on every request (benches/server_cost.py).
 
 
 def _rpc(request_type: Any, response_type: Any) -> Callable[[Handler], RawHandler]:
@@ -136,7 +142,7 @@ def _rpc(request_type: Any, response_type: Any) -> Callable[[Handler], RawHandle
             inflight: InflightCounter = self.inflight
             inflight.value += 1
             inflight.started += 1
-            started = time.perf_counter()
+            started = perf_counter()
             outcome = "OK"
             request: Any = None
             try:
@@ -170,8 +176,9 @@ def _rpc(request_type: Any, response_type: Any) -> Callable[[Handler], RawHandle
                 raise AssertionError("unreachable: abort raises") from exc
             finally:
                 inflight.value -= 1
-                if self.metrics is not None:
-                    self.metrics.observe(self.api, name, outcome, time.perf_counter() - started)
+                counters = self.counters
+                if counters is not None:
+                    counters[name].observe(outcome, perf_counter() - started)
 
         handler.response_serializer = response_type.SerializeToString  # type: ignore[attr-defined]
         return handler
@@ -179,14 +186,13 @@ def _rpc(request_type: Any, response_type: Any) -> Callable[[Handler], RawHandle
     return decorate
 
 
-def _check_v1_version(request: Any) -> None:
-    if request.version not in V1_ACCEPTED_VERSIONS:
-        raise InvalidRequest("unsupported version")
-
-
-def _check_plaintext(plaintext: bytes) -> None:
-    if not plaintext:
-        raise InvalidRequest("empty plaintext")
+def _counters(
+    metrics: Metrics | None, api: str, methods: tuple[str, ...]
+) -> dict[str, CallCounter] | None:
+    """Each method's call counter, looked up once rather than on every call."""
+    if metrics is None:
+        return None
+    return {name: metrics.calls(api, name) for name in methods}
 
 
 class V1beta1Servicer:
@@ -201,27 +207,32 @@ class V1beta1Servicer:
     ) -> None:
         self.service = service
         self.inflight = inflight
-        self.metrics = metrics
+        self.counters = _counters(metrics, self.api, self.methods)
 
     @_rpc(v1.VersionRequest, v1.VersionResponse)
     async def Version(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
-        _check_v1_version(request)
+        if request.version not in V1_ACCEPTED_VERSIONS:
+            raise InvalidRequest(UNSUPPORTED_VERSION)
         return v1.VersionResponse(
             version=V1_VERSION, runtime_name=RUNTIME_NAME, runtime_version=__version__
         )
 
     @_rpc(v1.EncryptRequest, v1.EncryptResponse)
     async def Encrypt(self, request: Any, context: Any) -> Any:  # noqa: N802
-        _check_v1_version(request)
-        _check_plaintext(request.plain)
-        result = await self.service.encrypt(request.plain)
+        if request.version not in V1_ACCEPTED_VERSIONS:
+            raise InvalidRequest(UNSUPPORTED_VERSION)
+        plain = request.plain
+        if not plain:
+            raise InvalidRequest(EMPTY_PLAINTEXT)
+        result = await self.service.encrypt(plain)
         if len(result.ciphertext) > V1_MAX_CIPHERTEXT:
             raise PlaintextTooLarge("ciphertext would exceed the v1 limit")
         return v1.EncryptResponse(cipher=result.ciphertext)
 
     @_rpc(v1.DecryptRequest, v1.DecryptResponse)
     async def Decrypt(self, request: Any, context: Any) -> Any:  # noqa: N802
-        _check_v1_version(request)
+        if request.version not in V1_ACCEPTED_VERSIONS:
+            raise InvalidRequest(UNSUPPORTED_VERSION)
         return v1.DecryptResponse(plain=await self.service.decrypt(request.cipher))
 
 
@@ -244,7 +255,7 @@ class V2Servicer:
         self.service = service
         self.inflight = inflight
         self.status_version = status_version
-        self.metrics = metrics
+        self.counters = _counters(metrics, self.api, self.methods)
 
     @_rpc(v2.StatusRequest, v2.StatusResponse)
     async def Status(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -255,13 +266,16 @@ class V2Servicer:
 
     @_rpc(v2.EncryptRequest, v2.EncryptResponse)
     async def Encrypt(self, request: Any, context: Any) -> Any:  # noqa: N802
-        _check_plaintext(request.plaintext)
-        result = await self.service.encrypt(request.plaintext)
+        plaintext = request.plaintext
+        if not plaintext:
+            raise InvalidRequest(EMPTY_PLAINTEXT)
+        result = await self.service.encrypt(plaintext)
         if len(result.ciphertext) > V2_MAX_CIPHERTEXT:
             raise PlaintextTooLarge("ciphertext would exceed the v2 limit")
-        return v2.EncryptResponse(
-            ciphertext=result.ciphertext, key_id=result.key_id, annotations=result.annotations
-        )
+        response = v2.EncryptResponse(ciphertext=result.ciphertext, key_id=result.key_id)
+        if result.annotations:  # passing even an empty map costs ~2 us: only when present
+            response.annotations.update(result.annotations)
+        return response
 
     @_rpc(v2.DecryptRequest, v2.DecryptResponse)
     async def Decrypt(self, request: Any, context: Any) -> Any:  # noqa: N802
@@ -273,18 +287,48 @@ class V2Servicer:
         return v2.DecryptResponse(plaintext=plaintext)
 
 
-def _add(server: grpc.aio.Server, servicer: V1beta1Servicer | V2Servicer) -> None:
-    """Register a servicer's methods with raw-bytes requests (they decode themselves)."""
+class _Routes(grpc.GenericRpcHandler):
+    """Full method name -> handler, for both KMS services: one lookup per call."""
+
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        self.handlers = handlers
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return self.handlers.get(handler_call_details.method)
+
+
+def _handlers(servicer: V1beta1Servicer | V2Servicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """A servicer's methods with raw-bytes requests (they decode themselves)."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for name in servicer.methods:
         method = getattr(servicer, name)
-        handlers[name] = grpc.unary_unary_rpc_method_handler(
+        handlers[f"/{servicer.service_name}/{name}"] = grpc.unary_unary_rpc_method_handler(
             method, request_deserializer=None, response_serializer=method.response_serializer
         )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(servicer.service_name, handlers),)
-    )
-    server.add_registered_method_handlers(servicer.service_name, handlers)
+    return handlers
+
+
+class GenericOnly:
+    """A server as a generated `add_*_to_server` sees it, taking generic handlers only.
+
+    Why not registered methods as well, as generated code adds: grpc.aio (1.85 here;
+    grpc pull request 43461 proposes a fix) keeps one pending request per registered
+    method and runs asyncio.wait over all of them for every call it accepts, so each
+    registered method costs every call ~5,000 instructions: ~10% of a call's CPU for the
+    six KMS methods, ~4% more for the health service's three (benches/server_cost.py).
+    A generic handler routes the same calls with one dict lookup.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        self.server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(self, service_name: str, handlers: Any) -> None:
+        del service_name, handlers  # the generic handler above routes these calls
 
 
 def register(
@@ -297,6 +341,7 @@ def register(
     metrics: Metrics | None = None,
 ) -> None:
     """Serve both API versions on one server: gRPC routes by full method name."""
-    _add(server, V2Servicer(service, inflight, v2_status_version, metrics))
+    handlers = _handlers(V2Servicer(service, inflight, v2_status_version, metrics))
     if enable_v1:
-        _add(server, V1beta1Servicer(service, inflight, metrics))
+        handlers.update(_handlers(V1beta1Servicer(service, inflight, metrics)))
+    server.add_generic_rpc_handlers((_Routes(handlers),))
