@@ -28,7 +28,9 @@ class PluginProcess:
     """The `kmsplug` command to run (another install's console script, say)."""
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> PluginProcess:
+    def start(self, timeout: float = 60.0) -> PluginProcess:
+        """Start and wait until it serves. A start takes about a second; on a loaded 2-core
+        machine the imports and the provider's start-up checks took more than 20 s."""
         command = [
             *self.program,
             "serve",
