@@ -87,6 +87,15 @@ cluster: build e2e-deps ## Real etcd + kube-apiserver using `make run`'s socket 
 	$(VENV)/bin/kmsplug config --socket unix://$(abspath $(RUN_DIR))/kmsplug.sock > $(RUN_DIR)/encryption.yaml
 	$(PY) tests/e2e/bed.py $(RUN_DIR)/encryption.yaml
 
+.PHONY: cluster-ha
+cluster-ha: build e2e-deps ## Three control-plane nodes (etcd cluster, apiservers, one kmsplug each) sharing one KMS
+	$(PY) tests/e2e/ha_bed.py $(HA_ARGS)
+
+.PHONY: ha-long
+ha-long: build e2e-deps ## HA bed with kmsplug's default probe interval: a 10-minute KMS outage, rotations (~30 min)
+	KMSPLUG_HA_PROBE_INTERVAL=30 KMSPLUG_HA_OUTAGE_SECONDS=600 $(PY) -m pytest -s \
+		tests/e2e/test_ha_outage.py tests/e2e/test_ha_rotation.py
+
 .PHONY: lint
 lint: build ## ruff, mypy, cargo fmt, clippy
 	$(VENV)/bin/ruff check python tests benches
@@ -125,6 +134,10 @@ bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
 .PHONY: bench-cluster
 bench-cluster: build e2e-deps ## kube-apiserver latency per provider, kmsplug vs the real peers (~45 min; BENCHMARKS.md)
 	$(PY) benches/cluster_bench.py --delay-ms 5 --delay-ms 20 --quota-qps 1000 --rounds 2
+
+.PHONY: bench-scale
+bench-scale: build e2e-deps ## 1,000 to 50,000 Secrets, kmsplug vs aesgcm, and a 3-node cold start (BENCHMARKS.md)
+	$(PY) benches/scale_bench.py
 
 .PHONY: clean
 clean: ## Remove build outputs (keeps .venv)

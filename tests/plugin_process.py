@@ -27,6 +27,8 @@ class PluginProcess:
     program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "kmsplug"])
     """The `kmsplug` command to run (another install's console script, say)."""
     proc: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0
+    """Where this start's output begins in the log (a restart appends to the same file)."""
 
     def start(self, timeout: float = 60.0) -> PluginProcess:
         """Start and wait until it serves. A start takes about a second; on a loaded 2-core
@@ -44,6 +46,7 @@ class PluginProcess:
         ]
         log_path = self.log_path or self.key_file.with_suffix(".log")
         self.log_path = log_path
+        self.log_offset = log_path.stat().st_size if log_path.exists() else 0
         log = log_path.open("ab")
         env = {**os.environ, **(self.env or {})}
         self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -51,20 +54,30 @@ class PluginProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"kmsplug exited with {self.proc.returncode}:\n{self.log()}")
-            if is_live(self.endpoint) and "serving on" in self.log():
+                raise RuntimeError(
+                    f"kmsplug exited with {self.proc.returncode}:\n{self.current_log()}"
+                )
+            if is_live(self.endpoint) and "serving on" in self.current_log():
                 return self
             time.sleep(0.02)
         self.kill()
-        raise TimeoutError(f"kmsplug did not become ready:\n{self.log()}")
+        raise TimeoutError(f"kmsplug did not become ready:\n{self.current_log()}")
 
     @property
     def http_url(self) -> str:
-        """Where /metrics and the health endpoints answer (read from the log)."""
-        for line in self.log().splitlines():
+        """Where /metrics and the health endpoints answer (read from this start's log)."""
+        for line in self.current_log().splitlines():
             if "metrics and health" in line and "url=" in line:
                 return line.split("url=", 1)[1].split()[0].removesuffix("/metrics")
         raise LookupError("the plugin logged no HTTP endpoint")
+
+    def current_log(self) -> str:
+        """The log of the latest start only."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -108,3 +108,12 @@ class ProviderRefused(KmsplugError):
 
     Retrying does not help; the message says what an operator must change.
     """
+
+
+class KeyRevoked(ProviderRefused):
+    """The KMS says the write key is disabled or pending deletion: an operator revoked it.
+
+    kmsplug then seals no new DEK under it (no new data comes to depend on a key about to
+    be deleted) and keeps opening what it holds KEKs for. An unreachable KMS is not this:
+    that is ProviderUnavailable, and both reads and writes go on.
+    """

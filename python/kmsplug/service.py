@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from kmsplug.core import RotationPolicy
+from kmsplug.errors import KeyRevoked, ProviderUnavailable
 from kmsplug.sealer import Sealer
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class HealthState:
     healthz: str = "starting"
     checked_at: float = 0.0
     consecutive_failures: int = 0
+    revoked: str = ""
+    """Why the KMS refuses the write key ('' unless it said disabled or pending deletion)."""
 
 
 class KeyService:
@@ -71,6 +74,8 @@ class KeyService:
         self._refresh_interval = refresh_interval
 
     async def encrypt(self, plaintext: bytes) -> EncryptResult:
+        if self.health.revoked:  # no new data may come to depend on a revoked key
+            raise KeyRevoked(self.health.revoked)
         ciphertext, key_id = await self.sealer.seal(plaintext)
         return EncryptResult(ciphertext, key_id)
 
@@ -86,12 +91,28 @@ class KeyService:
     def status(self) -> StatusResult:
         return StatusResult(self.health.healthz, self.sealer.key_id)
 
+    def apiserver_status(self) -> StatusResult:
+        """What the apiserver's Status poll gets: the status, or KeyRevoked while the KMS
+        refuses the write key. A failing Status is the only way to stop KMS v2 writes: the
+        apiserver keeps sealing with its cached seed while Status names the same key_id,
+        and stops once its last good Status is 3 minutes old."""
+        if self.health.revoked:
+            raise KeyRevoked(self.health.revoked)
+        return self.status()
+
     async def start(self) -> None:
         """Check the key, make the first local KEK and the first health verdict."""
-        for line in await self.sealer.writer.preflight():
-            log.info("preflight: %s", line)
-            audit.info("preflight passed", extra={"event": "preflight", "detail": line})
-        await self.sealer.start()
+        try:
+            for line in await self.sealer.writer.preflight():
+                log.info("preflight: %s", line)
+                audit.info("preflight passed", extra={"event": "preflight", "detail": line})
+            await self.sealer.start()
+        except ProviderUnavailable as exc:  # say why a restart during an outage cannot work
+            raise ProviderUnavailable(
+                f"cannot start while the KMS is unavailable: {exc}. kmsplug keeps no key on "
+                "disk, so it needs the KMS to check the key and make its local KEK; it starts "
+                "once the KMS answers"
+            ) from exc
         self._audit_key("new local KEK", "rotation")
         await self.probe()
 
@@ -103,12 +124,26 @@ class KeyService:
                 await self.sealer.writer.health()
         except Exception as exc:  # any failure makes the verdict unhealthy
             state.consecutive_failures += 1
-            state.healthz = f"{self.sealer.writer.kind} KEK unavailable: {type(exc).__name__}"
+            kind = self.sealer.writer.kind
+            state.healthz = f"{kind} KEK unavailable: {type(exc).__name__}"
             log.warning("health probe failed", extra={"error": type(exc).__name__})
+            if isinstance(exc, KeyRevoked):
+                state.healthz = f"{kind} key disabled or pending deletion: writes refused"
+                self._mark_revoked(str(exc))
         else:
             state.consecutive_failures = 0
             state.healthz = HEALTHY
+            self._mark_revoked("")
         state.checked_at = time.monotonic()
+
+    def _mark_revoked(self, reason: str) -> None:
+        """Record the KMS's verdict on the write key (a reason, or '' once it is usable)."""
+        if bool(reason) != bool(self.health.revoked):
+            message = "write key revoked: sealing stopped" if reason else "write key usable again"
+            log.warning(message)
+            audit.info(message, extra={"event": "revoked" if reason else "restored",
+                                       "key_id": self.sealer.key_id})  # fmt: skip
+        self.health.revoked = reason
 
     async def run_background(self) -> None:
         """Probe health and rotate local KEKs on schedule, until cancelled."""

@@ -39,6 +39,7 @@ from kmsplug.errors import (
     InvalidRequest,
     KekNotCached,
     KeyFileError,
+    KeyRevoked,
     KmsplugError,
     NeedsRotation,
     PlaintextTooLarge,
@@ -69,6 +70,11 @@ _ERROR_STATUS: tuple[tuple[type[KmsplugError], grpc.StatusCode, str | None], ...
     (InvalidCiphertext, grpc.StatusCode.INVALID_ARGUMENT, "invalid ciphertext"),
     (PlaintextTooLarge, grpc.StatusCode.INVALID_ARGUMENT, "plaintext too large"),
     (UnknownKeyId, grpc.StatusCode.FAILED_PRECONDITION, "unknown key_id"),
+    (
+        KeyRevoked,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the KMS key is disabled or pending deletion: nothing new is sealed under it",
+    ),
     (ProviderUnavailable, grpc.StatusCode.UNAVAILABLE, "KMS provider unavailable"),
     (NeedsRotation, grpc.StatusCode.UNAVAILABLE, "no usable key-encryption key"),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE, "shutting down"),
@@ -236,7 +242,7 @@ class V2Servicer:
 
     @_rpc(v2.StatusRequest, v2.StatusResponse)
     async def Status(self, request: Any, context: Any) -> Any:  # noqa: N802
-        status = self.service.status()
+        status = self.service.apiserver_status()
         return v2.StatusResponse(
             version=self.status_version, healthz=status.healthz, key_id=status.key_id
         )

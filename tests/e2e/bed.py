@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,14 @@ def etcd_binary() -> Path:
     return binary
 
 
-def _tail(path: Path, lines: int = 50) -> str:
+def log_tail(path: Path, lines: int = 50) -> str:
+    """The last `lines` lines of a log file ('' if there is none)."""
     if not path.exists():
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _service_account_keys(directory: Path) -> tuple[Path, Path]:
+def service_account_keys(directory: Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -88,6 +90,119 @@ def _service_account_keys(directory: Path) -> tuple[Path, Path]:
         )
     )
     return private, public
+
+
+def write_kubeconfig(path: Path, server_url: str, ca_file: Path, token: str) -> Path:
+    """A kubeconfig for `server_url` as admin (a bearer token), trusting `ca_file`."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "bed",
+                        "cluster": {"server": server_url, "certificate-authority": str(ca_file)},
+                    }
+                ],
+                "users": [{"name": "admin", "user": {"token": token}}],
+                "contexts": [{"name": "bed", "context": {"cluster": "bed", "user": "admin"}}],
+                "current-context": "bed",
+            }
+        )
+    )
+    return path
+
+
+def apiserver_args(
+    *,
+    port: int,
+    cert_dir: Path,
+    credentials: Path,
+    etcd_flags: list[str],
+    encryption_config: Path,
+    feature_gates: tuple[str, ...] = (),
+    extra_args: tuple[str, ...] = (),
+) -> list[str]:
+    """kube-apiserver's command line on loopback; `credentials` holds tokens.csv, sa.key
+    and sa.pub (apiservers of one cluster share them)."""
+    args = [
+        str(apiserver_binary()),
+        *etcd_flags,
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        "--endpoint-reconciler-type=none",  # loopback addresses are refused otherwise
+        f"--secure-port={port}",
+        f"--cert-dir={cert_dir}",
+        f"--token-auth-file={credentials / 'tokens.csv'}",
+        "--authorization-mode=AlwaysAllow",
+        f"--service-account-key-file={credentials / 'sa.pub'}",
+        f"--service-account-signing-key-file={credentials / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        "--service-cluster-ip-range=10.96.0.0/24",
+        f"--encryption-provider-config={encryption_config}",
+        "--enable-priority-and-fairness=false",
+        "--profiling=false",
+        "--v=1",
+        *extra_args,
+    ]
+    if feature_gates:
+        args.append("--feature-gates=" + ",".join(feature_gates))
+    return args
+
+
+def https_get(url: str, token: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET an apiserver URL as admin; (status, body), status 0 if unreachable."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    request = urllib.request.Request(  # noqa: S310 - loopback test apiserver
+        url, headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except OSError:
+        return 0, ""
+
+
+def wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeout: float, pause: float
+) -> bool:
+    """Poll `ready` until it holds while `proc` runs (True: not another server that took
+    its port), or until the process exits or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if ready() and proc.poll() is None:
+            return True
+        time.sleep(pause)
+    return False
+
+
+def etcd_answers(url: str, tls: EtcdTls | None) -> bool:
+    """Whether etcd at `url` serves reads (it does once it has a leader)."""
+    try:
+        EtcdReader(url, tls=tls, timeout=1).get(b"/bed-start-probe")
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def start_logged(args: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `args` with stdout and stderr appended to `log_path`; the process and where
+    its output begins in the log."""
+    log_start = log_path.stat().st_size if log_path.exists() else 0
+    with log_path.open("ab") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT), log_start
+
+
+def said_port_taken(log_path: Path, log_start: int) -> bool:
+    """Whether the process logging from `log_start` on could not bind its port."""
+    return port_taken(log_path.read_bytes()[log_start:].decode(errors="replace"))
 
 
 @dataclass
@@ -161,9 +276,7 @@ class ClusterBed:
         etcd = str(etcd_binary())
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
         log_path = self.workdir / "etcd.log"
-        log_start = log_path.stat().st_size if log_path.exists() else 0
-        log = log_path.open("ab")
-        self.etcd = subprocess.Popen(
+        self.etcd, log_start = start_logged(
             [
                 etcd,
                 "--name=bed",
@@ -176,26 +289,15 @@ class ClusterBed:
                 "--log-level=warn",
                 *self._etcd_tls_flags(),
             ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            log_path,
         )
-        log.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.etcd.poll() is not None:
-                break
-            try:  # a read answers once etcd serves clients and has a leader
-                EtcdReader(self.etcd_url, tls=self.etcd_tls, timeout=1).get(b"/bed-start-probe")
-            except (OSError, ValueError):
-                time.sleep(0.1)
-                continue
-            if self.etcd.poll() is None:  # ours answered, not a server that took the port
-                return
-        _end(self.etcd)
+        if wait_until(lambda: etcd_answers(self.etcd_url, self.etcd_tls), self.etcd, 30, 0.1):
+            return
+        end_process(self.etcd)
         self.etcd = None
-        if port_taken(log_path.read_bytes()[log_start:].decode(errors="replace")):
+        if said_port_taken(log_path, log_start):
             raise PortTaken(f"etcd's ports {self.etcd_port}/{self.etcd_peer_port} were taken")
-        raise RuntimeError(f"etcd did not start:\n{_tail(self.workdir / 'etcd.log')}")
+        raise RuntimeError(f"etcd did not start:\n{log_tail(log_path)}")
 
     def _etcd_tls_flags(self) -> list[str]:
         pki = self.etcd_pki
@@ -221,32 +323,13 @@ class ClusterBed:
 
     def _write_credentials(self) -> None:
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
-        _service_account_keys(self.workdir)
+        service_account_keys(self.workdir)
         self._write_kubeconfig()
 
     def _write_kubeconfig(self) -> None:
-        self.kubeconfig.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "bed",
-                            "cluster": {
-                                "server": self.server_url,
-                                # written by the apiserver at start: self-signed, with its CA
-                                "certificate-authority": str(
-                                    self.workdir / "certs" / "apiserver.crt"
-                                ),
-                            },
-                        }
-                    ],
-                    "users": [{"name": "admin", "user": {"token": self.token}}],
-                    "contexts": [{"name": "bed", "context": {"cluster": "bed", "user": "admin"}}],
-                    "current-context": "bed",
-                }
-            )
+        # the apiserver writes its self-signed certificate (its own CA) into certs/ at start
+        write_kubeconfig(
+            self.kubeconfig, self.server_url, self.workdir / "certs" / "apiserver.crt", self.token
         )
 
     def start_apiserver(self, timeout: float = 120.0) -> None:
@@ -260,54 +343,30 @@ class ClusterBed:
 
     def _start_apiserver_once(self, timeout: float) -> None:
         assert self.encryption_config is not None
-        args = [
-            str(apiserver_binary()),
-            *self._apiserver_etcd_flags(),
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",  # loopback addresses are refused otherwise
-            f"--secure-port={self.apiserver_port}",
-            f"--cert-dir={self.workdir / 'certs'}",
-            f"--token-auth-file={self.workdir / 'tokens.csv'}",
-            "--authorization-mode=AlwaysAllow",
-            f"--service-account-key-file={self.workdir / 'sa.pub'}",
-            f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc",
-            "--service-cluster-ip-range=10.96.0.0/24",
-            f"--encryption-provider-config={self.encryption_config}",
-            "--enable-priority-and-fairness=false",
-            "--profiling=false",
-            "--v=1",
-            *self.extra_args,
-        ]
-        if self.feature_gates:
-            args.append("--feature-gates=" + ",".join(self.feature_gates))
+        args = apiserver_args(
+            port=self.apiserver_port,
+            cert_dir=self.workdir / "certs",
+            credentials=self.workdir,
+            etcd_flags=self._apiserver_etcd_flags(),
+            encryption_config=self.encryption_config,
+            feature_gates=self.feature_gates,
+            extra_args=self.extra_args,
+        )
         log_path = self.workdir / "apiserver.log"
-        log_start = log_path.stat().st_size if log_path.exists() else 0
-        log = log_path.open("ab")
-        self.apiserver = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + timeout
+        self.apiserver, log_start = start_logged(args, log_path)
         try:
-            while time.monotonic() < deadline:
-                status, _ = self.get("/readyz")
-                if status == 200:
-                    return
-                if self.apiserver.poll() is not None:
-                    break
-                time.sleep(0.25)
+            if wait_until(lambda: self.get("/readyz")[0] == 200, self.apiserver, timeout, 0.25):
+                return
         except BaseException:
             self.stop_apiserver()
             raise
         self.stop_apiserver()
-        if port_taken(log_path.read_bytes()[log_start:].decode(errors="replace")):
+        if said_port_taken(log_path, log_start):
             raise PortTaken(f"the apiserver's port {self.apiserver_port} was taken")
-        raise RuntimeError(
-            f"kube-apiserver did not get ready:\n{_tail(self.workdir / 'apiserver.log')}"
-        )
+        raise RuntimeError(f"kube-apiserver did not get ready:\n{log_tail(log_path)}")
 
     def stop_apiserver(self) -> None:
-        _end(self.apiserver)
+        end_process(self.apiserver)
         self.apiserver = None
 
     def restart_apiserver(self, encryption_config: Path | None = None) -> None:
@@ -318,26 +377,14 @@ class ClusterBed:
 
     def stop(self) -> None:
         self.stop_apiserver()
-        _end(self.etcd)
+        end_process(self.etcd)
         self.etcd = None
 
     # -- clients ---------------------------------------------------------------------
 
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         """GET an apiserver path as admin; (status, body), status 0 if unreachable."""
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        request = urllib.request.Request(  # noqa: S310 - loopback test apiserver
-            self.server_url + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
-                return response.status, response.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode(errors="replace")
-        except OSError:
-            return 0, ""
+        return https_get(self.server_url + path, self.token, timeout)
 
     def core(self) -> Any:
         """A CoreV1Api client (the official Python client) for this apiserver."""
@@ -355,7 +402,8 @@ class ClusterBed:
         return value
 
 
-def _end(proc: subprocess.Popen[bytes] | None) -> None:
+def end_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 20 s; nothing if it is not running."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from ha_bed import HaBed, running_bed
 
 from bed import ClusterBed
 
@@ -37,3 +38,21 @@ def bed_factory() -> Iterator[BedFactory]:
     for bed in beds:
         bed.stop()
         shutil.rmtree(bed.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ha_bed_session() -> Iterator[HaBed]:
+    """Three control-plane nodes sharing the Alibaba fake (ha_bed.py), started once; the
+    plugins probe their key every KMSPLUG_HA_PROBE_INTERVAL seconds (5; kmsplug's own
+    default is 30)."""
+    interval = os.environ.get("KMSPLUG_HA_PROBE_INTERVAL", "5")
+    with running_bed(plugin_args=("--health-probe-interval", interval)) as bed:
+        yield bed
+
+
+@pytest.fixture
+def ha(ha_bed_session: HaBed) -> HaBed:
+    """The shared HA bed, healed first: the KMS answers, the key is enabled, every plugin
+    and apiserver runs and reports its KMS providers healthy."""
+    ha_bed_session.heal()
+    return ha_bed_session

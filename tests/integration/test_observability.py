@@ -93,10 +93,12 @@ async def test_health_endpoints_flip_with_the_kms_and_recover(
             time.sleep(0.1)
 
     wait_for("/healthz", 503)
-    assert "Refused" in get(url + "/healthz")[1] or "Unavailable" in get(url + "/healthz")[1]
+    assert "disabled or pending deletion" in get(url + "/healthz")[1]
     assert get(url + "/livez")[0] == 200  # a disabled key is no reason to restart the plugin
     async with KmsClient(plugin.endpoint) as client:
-        assert (await client.v2_status()).healthz != "ok"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # revoked: Status fails
+            await client.v2_status()
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         fake.set_key_state(key, "Enabled")
         wait_for("/healthz", 200)
         assert (await client.v2_status()).healthz == "ok"

@@ -97,3 +97,25 @@ def test_encryption_context_forms() -> None:
 
 def test_default_endpoint_is_the_vpc_one() -> None:
     assert SETTINGS.host == "kms-vpc.cn-hangzhou.aliyuncs.com"
+
+
+class Wrapped(Exception):
+    """The SDK's way: its own exception, the transport's error as `inner_exception`."""
+
+    def __init__(self, inner: BaseException) -> None:
+        super().__init__("GET http://kms/?Plaintext=c2VjcmV0 failed")  # a URL with data
+        self.inner_exception = inner
+
+
+@pytest.mark.parametrize(
+    ("inner", "said"),
+    [
+        (TimeoutError("read timed out"), "did not answer in time (TimeoutError)"),
+        (ConnectionRefusedError("refused"), "could not be reached (ConnectionRefusedError)"),
+        (OSError("other"), "call failed (OSError)"),
+    ],
+)
+def test_no_answer_says_how_and_shows_no_url(inner: BaseException, said: str) -> None:
+    error = classify_error(Wrapped(inner), SETTINGS)
+    assert isinstance(error, ProviderTransient)
+    assert said in str(error) and "Plaintext" not in str(error)

@@ -1,4 +1,5 @@
-"""The `kmsplug` command: serve, health, config, verify, migrate, bench, conformance.
+"""The `kmsplug` command: serve, health, config, verify, migrate, key-agreement, bench,
+conformance.
 
 Every flag has an environment-variable twin (shown in --help) and a config-file key, so a
 static-pod manifest can configure kmsplug either way (cli.settings). `ack-kms-plugin` is
@@ -23,6 +24,7 @@ COMMANDS = {
     "config": "kmsplug.cli.apiserver:config",
     "verify": "kmsplug.cli.cluster:verify",
     "migrate": "kmsplug.cli.cluster:migrate",
+    "key-agreement": "kmsplug.cluster.agreement:key_agreement",
     "bench": "kmsplug.cli.bench:bench",
     "conformance": "kmsplug.conformance.command:conformance",
 }

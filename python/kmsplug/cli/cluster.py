@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from kmsplug.cli.options import option
+from kmsplug.cluster.agreement import requires_key_agreement
 from kmsplug.extras import require
 
 
@@ -117,6 +118,7 @@ def verify(
     help="Where progress is saved; a second run with the same file resumes.",
 )
 @option("--dry-run", is_flag=True, help="Send every write as a server-side dry run.")
+@requires_key_agreement
 def migrate(
     kubeconfig: str | None,
     resources: tuple[str, ...],

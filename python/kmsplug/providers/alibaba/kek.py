@@ -21,6 +21,7 @@ from typing import Any
 from kmsplug.errors import (
     ConfigError,
     InvalidCiphertext,
+    KeyRevoked,
     KmsplugError,
     ProviderRefused,
     ProviderThrottled,
@@ -45,6 +46,23 @@ def _describe(exc: Exception) -> tuple[str, int, str]:
     return code, status, request_id
 
 
+def _no_answer(exc: Exception) -> str:
+    """How a call that got no KMS answer failed, told by exception types only: an SDK's
+    message can carry the request URL, whose query string holds the plaintext."""
+    names: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(names) < 8:  # the SDK wraps the transport's error
+        names.append(type(cause).__name__)
+        cause = getattr(cause, "inner_exception", None) or cause.__cause__ or cause.__context__
+    timeouts = [name for name in names if "timeout" in name.lower()]
+    if timeouts:
+        return f"KMS did not answer in time ({timeouts[-1]})"
+    unreachable = [name for name in names if "connect" in name.lower()]
+    if unreachable:
+        return f"KMS could not be reached ({unreachable[-1]})"
+    return f"KMS call failed ({names[-1]})"
+
+
 def classify_error(
     exc: Exception, settings: AlibabaSettings, *, decrypting: bool = False
 ) -> KmsplugError:
@@ -66,7 +84,7 @@ def classify_error(
     if code.startswith(("Forbidden.KeyNotFound", "EntityNotExist")):
         return ProviderRefused(f"key not found: check --key-id and the region {where}")
     if "KeyState" in code or "Disabled" in code or "PendingDeletion" in code:
-        return ProviderRefused(f"key is disabled or pending deletion: re-enable it {where}")
+        return KeyRevoked(f"key is disabled or pending deletion: re-enable it {where}")
     if code.startswith(("InvalidAccessKeyId", "SignatureDoesNotMatch", "IncompleteSignature")):
         return ProviderRefused(f"credentials rejected: check the AccessKey {where}")
     if code.startswith("InvalidSecurityToken"):
@@ -75,8 +93,10 @@ def classify_error(
         code.startswith("InvalidParameter") and (decrypting or "Ciphertext" in code)
     ):
         return InvalidCiphertext()
+    if not code and not status:
+        return ProviderTransient(f"{_no_answer(exc)} {where}")
     if status >= 500 or not code:
-        return ProviderTransient(f"KMS call failed: {code or type(exc).__name__} {where}")
+        return ProviderTransient(f"KMS call failed: {code or status} {where}")
     return ProviderRefused(f"KMS refused the call: {code} {where}")
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from kmsplug.errors import (
     ConfigError,
     InvalidCiphertext,
+    KeyRevoked,
     KmsplugError,
     ProviderRefused,
     ProviderThrottled,
@@ -101,7 +102,7 @@ def classify_error(exc: BaseException, settings: AwsSettings, operation: str) ->
     if code in _TRANSIENT or code == "KeyUnavailableException" or status >= 500:
         return ProviderTransient(f"AWS KMS {operation} failed: {code} {where}")
     if code in _STATE:
-        return ProviderRefused(f"key is disabled or pending deletion: enable it ({code}) {where}")
+        return KeyRevoked(f"key is disabled or pending deletion: enable it ({code}) {where}")
     if code == "NotFoundException":
         return ProviderRefused(f"key not found: check the key and the region {where}")
     if code == "InvalidKeyUsageException":
