@@ -8,14 +8,17 @@ import os
 import secrets
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kmsplug.client import KmsClient
+from kmsplug.server import MAX_CONCURRENT_STREAMS
 
 from fakes.alibaba_kms import FakeAlibabaKms
 from fakes.alibaba_provider import env_for
@@ -206,7 +209,6 @@ async def test_sustained_mixed_load_keeps_memory_flat_and_rotates(
             for n in range(16):
                 tasks.start_soon(worker, n)
         assert [await client.v1_decrypt(c) for _, c in early] == [d for d, _ in early]
-    import urllib.request
 
     with urllib.request.urlopen(plugin.http_url + "/metrics", timeout=5) as response:  # noqa: S310, ASYNC210
         metrics = response.read().decode()
@@ -225,11 +227,27 @@ async def test_sustained_mixed_load_keeps_memory_flat_and_rotates(
     assert max(settled) - min(settled) < 16  # flat: no growth beyond the bounded caches
 
 
+#: kmsplug's budget for one remote operation in the throttled test (seconds).
+REMOTE_DEADLINE = 2.0
+
+
 async def test_throttled_slow_kms_never_holds_a_call_past_the_apiserver_deadline(
     fake: FakeAlibabaKms, plugin_factory: PluginFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Quota below the offered load plus 300 ms per KMS call: cold decrypts of many local
-    KEKs either succeed or fail fast; none waits past the apiserver's 3 s."""
+    KEKs either succeed or fail fast; none waits past the apiserver's 3 s.
+
+    The clock of a call starts when the plugin can see it. kmsplug serves at most
+    MAX_CONCURRENT_STREAMS calls per connection; a client queues the rest itself (grpc
+    core as grpc-go does), and a queued call's time is spent before kmsplug knows of it.
+    So the load is as many callers as the plugin admits, less a margin, each taking the
+    next ciphertext as soon as it has an answer: every call is in the plugin while timed.
+    (400 calls at once measured 3.3-3.6 s for the last ones on a quiet machine, each
+    under 2.5 s inside the plugin.) The remote deadline is 2 s here, not the default 2.5:
+    the second left of the apiserver's 3 s is for the scheduler of a loaded machine (a
+    call took 2.7 s at load 22 with 2.5), not for kmsplug's waits, which all count
+    against the deadline (retries, backoff, the rate limiter, a shared unwrap).
+    """
     plugin, key = alibaba_plugin(
         fake, plugin_factory, monkeypatch, "--kek-rotate-after-seals", "20", "--kek-max-seals", "20"
     )
@@ -240,37 +258,62 @@ async def test_throttled_slow_kms_never_holds_a_call_past_the_apiserver_deadline
     restarted = plugin_factory(
         *("--provider", "alibaba", "--key-id", key, "--region", fake.region),
         *("--kms-endpoint", fake.host, "--kms-protocol", "http"),
+        *("--remote-deadline", str(REMOTE_DEADLINE)),
         key_file=plugin.key_file,
         name="restarted",
     )
     fake.set_qps(5, burst=2)
     fake.set_latency(0.3)
+    # one ciphertext of each local KEK in turn: the first calls find every KEK cold at once
+    pending = [sealed[i] for first in range(20) for i in range(first, len(sealed), 20)]
+    callers = MAX_CONCURRENT_STREAMS - 28
     latencies: list[float] = []
     outcomes = {"ok": 0, "unavailable": 0, "other": 0}
     async with KmsClient(restarted.endpoint, timeout=10) as client:
 
-        async def cold(ciphertext: bytes) -> None:
-            started = time.monotonic()
-            try:
-                await client.v1_decrypt(ciphertext)
-                outcomes["ok"] += 1
-            except grpc.aio.AioRpcError as exc:
-                ok = exc.code() == grpc.StatusCode.UNAVAILABLE
-                outcomes["unavailable" if ok else "other"] += 1
-            latencies.append(time.monotonic() - started)
+        async def caller() -> None:
+            while pending:
+                ciphertext = pending.pop(0)
+                started = time.monotonic()
+                try:
+                    await client.v1_decrypt(ciphertext)
+                    outcomes["ok"] += 1
+                except grpc.aio.AioRpcError as exc:
+                    ok = exc.code() == grpc.StatusCode.UNAVAILABLE
+                    outcomes["unavailable" if ok else "other"] += 1
+                latencies.append(time.monotonic() - started)
 
         async with anyio.create_task_group() as tasks:
-            for ciphertext in sealed:
-                tasks.start_soon(cold, ciphertext)
+            for _ in range(callers):
+                tasks.start_soon(caller)
     worst = max(latencies)
+    unwrapped = remote_calls(restarted, "unwrap", "ok")
     print(
-        f"quota 5/s + 300 ms KMS, 400 cold v1 Decrypts over ~20 KEKs: {outcomes}, "
-        f"p99 {p99(latencies) * 1000:.0f} ms, max {worst * 1000:.0f} ms, "
-        f"{fake.count('Decrypt', 'Success')} KMS Decrypts answered "
-        f"({fake.count('Decrypt')} attempted, 429s included)"
+        f"quota 5/s + 300 ms KMS, {len(sealed)} cold v1 Decrypts over ~20 KEKs by {callers} "
+        f"callers: {outcomes}, p99 {p99(latencies) * 1000:.0f} ms, max {worst * 1000:.0f} ms, "
+        f"{unwrapped:.0f} unwraps succeeded for kmsplug; the KMS answered "
+        f"{fake.count('Decrypt', 'Success')} of {fake.count('Decrypt')} Decrypts (429s "
+        "included; some answered after kmsplug had given up)"
     )
+    assert len(latencies) == len(sealed)
     assert outcomes["other"] == 0
     assert outcomes["ok"] > 0
-    assert worst < 3.0
-    # single-flight: at most one answered unwrap per distinct local KEK (20 DEKs each)
-    assert fake.count("Decrypt", "Success") <= len(sealed) // 20 + 1
+    assert worst < REMOTE_DEADLINE + 1.0  # the apiserver's 3 s
+    # single-flight, then the cache: one successful unwrap per distinct local KEK at most
+    # (20 DEKs each). A KEK whose unwrap failed is tried again by a later call.
+    assert 1 <= unwrapped <= len(sealed) // 20 + 1
+
+
+def remote_calls(plugin: PluginProcess, operation: str, outcome: str) -> float:
+    """kmsplug's count of remote calls by operation and outcome, from /metrics."""
+    with urllib.request.urlopen(plugin.http_url + "/metrics", timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "kmsplug_remote_calls"
+        for sample in family.samples
+        if sample.name == "kmsplug_remote_calls_total"
+        and sample.labels.get("operation") == operation
+        and sample.labels.get("outcome") == outcome
+    )
