@@ -135,6 +135,10 @@ bench: build ## Benchmarks: core vs cryptography, server vs an empty gRPC server
 bench-cluster: build e2e-deps ## kube-apiserver latency per provider, kmsplug vs the real peers (~45 min; BENCHMARKS.md)
 	$(PY) benches/cluster_bench.py --delay-ms 5 --delay-ms 20 --quota-qps 1000 --rounds 2
 
+.PHONY: conformance-table
+conformance-table: build test-deps ## Run `kmsplug conformance` at kmsplug and the real peers; rewrite CONFORMANCE.md's tables (~3 min)
+	$(PY) tests/conformance/publish.py --write
+
 .PHONY: bench-scale
 bench-scale: build e2e-deps ## 1,000 to 50,000 Secrets, kmsplug vs aesgcm, and a 3-node cold start (BENCHMARKS.md)
 	$(PY) benches/scale_bench.py

@@ -17,7 +17,7 @@ cold start of the whole control plane (every apiserver and plugin stopped, then 
 together): seconds until all three apiservers are ready, each node's watch-cache fill,
 KMS calls.
 
-Usage: python benches/scale_bench.py [--counts 1000,10000,50000] [--v1-max 20000]
+Usage: python benches/scale_bench.py [--counts 1000,10000,20000,50000] [--v1-max 20000]
          [--ha-count 50000] [--clients 16] [--out bench-results/scale]
 Writes scale.json, report.md and PNG plots into --out (scale_report.py renders them).
 """
@@ -297,7 +297,7 @@ def run_ha(count: int, settings: Settings) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--counts", default="1000,10000,50000")
+    parser.add_argument("--counts", default="1000,10000,20000,50000")
     parser.add_argument("--v1-max", type=int, default=20_000)
     parser.add_argument("--v1-cachesize", type=int, default=20_000)
     parser.add_argument("--ha-count", type=int, default=50_000, help="0 skips the HA run")

@@ -7,7 +7,8 @@ getters for it, reprs never show it, and the classes that hold it cannot be pick
 Byte inputs accept ``bytes`` or ``bytearray``. Errors are the classes of
 ``kmsplug.errors``: ``InvalidCiphertext`` (anything malformed, tampered or foreign,
 deliberately detail-free), ``UnknownKeyId``, ``KekNotCached``, ``PlaintextTooLarge``,
-``NeedsRotation``, ``KeyFileError``; an argument out of range raises ``ValueError``.
+``NeedsRotation`` (``SealBudgetSpent`` for the root key), ``KeyFileError``; an argument
+out of range raises ``ValueError``.
 """
 
 from os import PathLike
@@ -32,8 +33,10 @@ __all__ = [
     "RootKey",
     "__version__",
     "build_profile",
+    "frame_direct",
     "is_fqdn",
     "peek",
+    "random_key",
 ]
 
 __version__: Final[str]
@@ -95,6 +98,19 @@ def peek(ciphertext: bytes | bytearray) -> tuple[int, str, bytes]:
         InvalidCiphertext: the bytes are not a kmsplug format-v1 envelope.
     """
 
+def frame_direct(key_id: str, wrapped: bytes | bytearray) -> bytes:
+    """A mode-2 envelope around a remote provider's wrapped DEK (kmsplug's direct mode):
+    the provider's blob, framed with ``key_id`` so the key_id is read and checked as in
+    every kmsplug ciphertext.
+
+    Raises:
+        ValueError: ``key_id`` is not 1..255 bytes or ``wrapped`` not 1..1024 bytes.
+    """
+
+def random_key() -> bytearray:
+    """32 random bytes from the OS CSPRNG, as the only Python copy (a ``bytearray`` the
+    caller wipes); no immutable ``bytes`` of them is made."""
+
 def is_fqdn(name: str) -> bool:
     """Whether ``name`` passes Kubernetes' ``IsFullyQualifiedDomainName``.
 
@@ -116,8 +132,10 @@ class RootKey:
         """Read a key file.
 
         Raises:
-            KeyFileError: the file is missing or unreadable, is not a regular file, does
-                not hold exactly 32 raw bytes, or is accessible to group or others
+            KeyFileError: the file is missing or unreadable, is a symbolic link or not a
+                regular file (a FIFO or device is refused at once, never waited on), is
+                owned by a user other than the one kmsplug runs as or root, does not hold
+                exactly 32 raw bytes, or is accessible to group or others
                 (mode & 0o077 != 0). The message names the path, never the content.
         """
 
@@ -133,10 +151,23 @@ class RootKey:
     def key_id(self) -> str:
         """``"local-"`` + 32 hex digits derived from the key: public, new for every key."""
 
+    @property
+    def seals(self) -> int:
+        """Seals made under this key by this process: direct-mode DEKs (health probes
+        included) and local KEKs (hierarchy mode)."""
+
+    @property
+    def max_seals(self) -> int:
+        """The seal budget (default ``DEFAULT_MAX_SEALS``); past it sealing fails."""
+
+    def set_max_seals(self, max_seals: int) -> None:
+        """Set the seal budget. Raises ValueError unless 1 <= max_seals <= 2**32."""
+
     def seal_direct(self, plaintext: bytes | bytearray) -> bytes:
         """Seal a DEK under the root key itself: a mode-2 envelope, self-describing.
 
         Raises:
+            SealBudgetSpent: ``max_seals`` seals were made (opening goes on).
             PlaintextTooLarge: more than ``MAX_PLAINTEXT`` bytes.
             ValueError: the plaintext is empty.
         """
@@ -199,6 +230,8 @@ class Keyring:
         """
     def rotate_local(self, root: RootKey) -> None:
         """Make a fresh random local KEK, wrapped by ``root``, current (all in Rust).
+
+        The wrap is one of ``root``'s seals: SealBudgetSpent once its budget is spent.
 
         The previous current KEK moves into the cache, so what it sealed keeps opening.
         """

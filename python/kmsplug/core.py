@@ -19,7 +19,9 @@ from kmsplug._kmsplug import (
     V2_MAX_CIPHERTEXT,
     Keyring,
     RootKey,
+    frame_direct,
     peek,
+    random_key,
 )
 
 __all__ = [
@@ -33,7 +35,9 @@ __all__ = [
     "KeyringStats",
     "RootKey",
     "RotationPolicy",
+    "frame_direct",
     "peek",
+    "random_key",
 ]
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from kmsplug.errors import ConfigError
 
 _SCHEME = "unix://"
+#: sockaddr_un's sun_path holds 108 bytes on Linux: a path and its terminating NUL, or an
+#: abstract name after its leading NUL.
+MAX_SOCKET_PATH = 107
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +38,10 @@ class Endpoint:
             name = path[2:]
             if not name:
                 raise ConfigError("abstract socket endpoint has an empty name")
-            return cls(path=name, abstract=True)
+            return cls(path=_short_enough(name, "abstract socket name"), abstract=True)
         if not path.startswith("/") or path == "/":
             raise ConfigError(f"socket endpoint must name an absolute path, got {value!r}")
-        return cls(path=path)
+        return cls(path=_short_enough(path, "socket path"))
 
     @property
     def url(self) -> str:
@@ -57,3 +60,13 @@ class Endpoint:
 
     def __str__(self) -> str:
         return self.url
+
+
+def _short_enough(path: str, what: str) -> str:
+    size = len(path.encode())
+    if size > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"{what} is {size} bytes; a UNIX socket address holds at most {MAX_SOCKET_PATH}: "
+            "choose a shorter path"
+        )
+    return path

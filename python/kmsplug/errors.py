@@ -78,6 +78,13 @@ class NeedsRotation(KmsplugError):
     message = "no usable local KEK"
 
 
+class SealBudgetSpent(NeedsRotation):
+    """The local root key sealed as many DEKs (direct mode) or local KEKs as its budget
+    allows in this process (`--kek-max-seals`: random 96-bit nonces). Opening goes on."""
+
+    message = "the root key's seal budget is spent"
+
+
 class KeyFileError(KmsplugError):
     """A key file is missing, unreadable, of the wrong size or too widely readable."""
 

@@ -6,17 +6,29 @@ local KEK that the write provider wrapped once; an envelope carries its wrapped 
 so opening needs the provider only the first time a process meets that KEK. Concurrent
 first meetings of one KEK share a single unwrap, and the envelopes that piled up behind it
 are opened in one batch call. In direct mode every DEK is wrapped by the provider itself,
-as the peers do. Providers only wrap and unwrap bytes; the local key file's key never
-leaves Rust (the keyring uses it directly).
+as the peers do, and the provider's blob is framed in kmsplug's format (mode 2, the
+key_id in its header, checked on every open like a mode-1 key_id; the provider binds it
+into its KMS's context where it can). Only a `--compat` mode writes a peer plugin's bare
+format. Bare blobs (the peers', and those older kmsplug releases wrote in direct mode)
+open through the providers' legacy path. Providers only wrap and unwrap bytes; the local
+key file's key never leaves Rust (the keyring uses it directly), and a local KEK made for
+a remote provider exists in Python only as one bytearray, wiped after the wrap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Sequence
 
-from kmsplug.core import MAX_PLAINTEXT, MODE_DIRECT, KeyringStats, RotationPolicy, peek
+from kmsplug.core import (
+    MAX_PLAINTEXT,
+    MODE_DIRECT,
+    KeyringStats,
+    RotationPolicy,
+    frame_direct,
+    peek,
+    random_key,
+)
 from kmsplug.errors import (
     InvalidCiphertext,
     KekNotCached,
@@ -26,9 +38,6 @@ from kmsplug.errors import (
 )
 from kmsplug.providers.base import KekProvider
 from kmsplug.providers.local import KeyFileKek
-
-#: A local KEK: AES-256.
-LOCAL_KEK_BYTES = 32
 
 
 class Sealer:
@@ -45,7 +54,9 @@ class Sealer:
         self.writer = writer
         self.providers: tuple[KekProvider, ...] = (writer, *readers)
         self.hierarchy = hierarchy
-        self._keyring = (policy or RotationPolicy()).new_keyring()
+        policy = policy or RotationPolicy()
+        self._keyring = policy.new_keyring()
+        self._apply_root_budget(policy)
         self._rotation: asyncio.Task[None] | None = None
         # wrapped local KEK -> ciphertexts waiting for it to be unwrapped
         self._cold: dict[bytes, list[tuple[bytes, str | None, asyncio.Future[bytes]]]] = {}
@@ -63,6 +74,12 @@ class Sealer:
     def set_policy(self, policy: RotationPolicy) -> None:
         """Apply new rotation budgets and cache limits (a reload); ValueError if invalid."""
         policy.apply_to(self._keyring)
+        self._apply_root_budget(policy)
+
+    def _apply_root_budget(self, policy: RotationPolicy) -> None:
+        """The local key file's root key seals under the same budget as a local KEK."""
+        if isinstance(self.writer, KeyFileKek):
+            self.writer.set_budget(policy)
 
     async def start(self) -> None:
         """Make the first local KEK, so the first Encrypt does not wait for the provider."""
@@ -81,9 +98,9 @@ class Sealer:
         if isinstance(writer, KeyFileKek):
             self._keyring.rotate_local(writer.root)
             return
-        kek = bytearray(secrets.token_bytes(LOCAL_KEK_BYTES))
+        kek = random_key()  # the only Python copy: handed to wrap as it is, then wiped
         try:
-            wrapped = await writer.wrap(bytes(kek))
+            wrapped = await writer.wrap(kek)
             # After the wrap: a remote key that moved to a new version says so in key_id.
             self._keyring.install_current(writer.key_id, wrapped, kek)
         finally:
@@ -100,7 +117,7 @@ class Sealer:
         if len(plaintext) > MAX_PLAINTEXT:
             raise PlaintextTooLarge
         if not self.hierarchy:
-            return await self.writer.wrap(plaintext), self.writer.key_id
+            return await self._seal_direct(plaintext)
         keyring = self._keyring
         try:
             ciphertext = keyring.seal(plaintext)
@@ -111,6 +128,22 @@ class Sealer:
             # Soft limit reached: rotate in the background while this KEK still seals.
             self._rotation = asyncio.create_task(self._new_local_kek())
         return ciphertext, keyring.current_key_id or self.writer.key_id
+
+    async def _seal_direct(self, plaintext: bytes) -> tuple[bytes, str]:
+        """Direct mode: the provider wraps the DEK; its blob goes out in kmsplug's frame."""
+        writer = self.writer
+        if isinstance(writer, KeyFileKek) or writer.writes_peer_format():
+            # The key file's envelope is kmsplug's already; a compat mode wants the bare
+            # blob, under the key_id the provider reports after the call (as the peer).
+            return await writer.wrap(plaintext), writer.key_id
+        if not writer.binds_key_id():
+            # Nothing bound: frame the key_id that names the key version the call used.
+            wrapped = await writer.wrap(plaintext)
+            return frame_direct(writer.key_id, wrapped), writer.key_id
+        # The key_id bound and framed is the one read before the call: should the KMS
+        # move to a new key version meanwhile, this DEK still names a key_id it opens under.
+        key_id = writer.key_id
+        return frame_direct(key_id, await writer.wrap_bound(plaintext, key_id)), key_id
 
     async def open(self, ciphertext: bytes, key_id: str | None = None) -> bytes:
         """Open a ciphertext; `key_id` (KMS v2) must be the one it was sealed under.
@@ -151,7 +184,7 @@ class Sealer:
 
     async def _open_direct(self, ciphertext: bytes, key_id: str | None) -> bytes:
         try:
-            mode, embedded_key_id, _ = peek(ciphertext)
+            mode, embedded_key_id, wrapped = peek(ciphertext)
         except InvalidCiphertext:
             for provider in self.providers:  # another plugin's format, from before a swap
                 if provider.claims_legacy(ciphertext):
@@ -165,7 +198,9 @@ class Sealer:
             raise InvalidCiphertext
         provider = self._provider_for(embedded_key_id, key_id)
         try:
-            return await provider.unwrap(ciphertext)
+            if isinstance(provider, KeyFileKek):  # its envelope is the whole ciphertext
+                return await provider.unwrap(ciphertext)
+            return await provider.unwrap_bound(wrapped, embedded_key_id)
         except UnknownKeyId:
             raise InvalidCiphertext from None
 

@@ -15,12 +15,13 @@ was a few CANCELLED calls per shutdown. A closed connection ends those calls UNA
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -88,8 +89,9 @@ def new_grpc_server() -> grpc.aio.Server:
 
 
 async def _bind(server: grpc.aio.Server, guard: SocketGuard, mode: int) -> None:
-    # The umask covers the instant between bind() and chmod(); chmod sets the final mode.
-    old_umask = os.umask(0o177)
+    """Bind the socket with its final mode: the umask gives it at bind(), so no chmod on
+    the path follows (one that another user could aim elsewhere by swapping in a link)."""
+    old_umask = os.umask(0o777 & ~mode)
     try:
         port = server.add_insecure_port(guard.endpoint.grpc_target)
         await server.start()
@@ -97,7 +99,6 @@ async def _bind(server: grpc.aio.Server, guard: SocketGuard, mode: int) -> None:
         os.umask(old_umask)
     if port == 0:  # pragma: no cover - grpc raises first on current versions
         raise ConfigError(f"could not bind {guard.endpoint}")
-    guard.set_mode(mode)
 
 
 async def _drain(inflight: InflightCounter, grace_period: float, quiet: float = 0.25) -> None:
@@ -152,14 +153,18 @@ async def serve(
     *,
     on_ready: Callable[[], None] | None = None,
     reread_policy: Callable[[], RotationPolicy] | None = None,
+    http_socket: socket.socket | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully.
 
     SIGHUP re-reads the rotation settings (`reread_policy`) and the remote key's state.
+    `http_socket` is the HTTP endpoint's socket when the caller bound it already
+    (`listen_http`); otherwise it is bound here, first.
     """
     # The HTTP port first: a second kmsplug on the host fails here, cleanly, before it
     # touches a KMS or the socket.
-    http_socket = _listen_http(settings.http_address)
+    if http_socket is None:
+        http_socket = listen_http(settings.http_address)
     with contextlib.ExitStack() as cleanup:
         if http_socket is not None:
             cleanup.callback(http_socket.close)
@@ -167,17 +172,36 @@ async def serve(
     log.info("stopped")
 
 
-def _listen_http(address: str) -> socket.socket | None:
+class HttpAddressInUse(ConfigError):
+    """Something else (another kmsplug?) listens on the HTTP endpoint's address."""
+
+
+def listen_http(address: str) -> socket.socket | None:
+    """Bind the HTTP endpoint's address ('' for none); ConfigError saying why it cannot."""
     if not address:
         return None
     try:
         return listen(*parse_address(address))
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError(
+        in_use = isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
+        raise (HttpAddressInUse if in_use else ConfigError)(
             f"cannot serve HTTP on {address!r}: {reason.lower()}; each kmsplug on a host "
             "needs its own --http-address (or '' to turn it off)"
         ) from None
+
+
+def check_http_address(address: str) -> str:
+    """For `config --check`: ConfigError if `address` cannot be served here (malformed, not
+    an address of this host, a privileged port); a busy port is only a note returned, as
+    the kmsplug a file configures may be the one holding it. '' if all is well."""
+    try:
+        bound = listen_http(address)
+    except HttpAddressInUse as exc:
+        return f"note: {exc}"
+    if bound is not None:
+        bound.close()
+    return ""
 
 
 async def _serve(
@@ -193,7 +217,13 @@ async def _serve(
     metrics.watch(service)
     lifecycle = Lifecycle()
     ops = OpsServer(service, metrics, lifecycle)
-    with SocketGuard(settings.endpoint) as guard:
+    # The signal handlers go in before the socket answers: a SIGHUP (or SIGTERM) sent as
+    # soon as a client sees the socket must not meet the default action (termination).
+    with (
+        anyio.open_signal_receiver(signal.SIGHUP) as hangups,
+        anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals,
+        SocketGuard(settings.endpoint) as guard,
+    ):
         server = new_grpc_server()
         register(
             server,
@@ -217,38 +247,38 @@ async def _serve(
             on_ready()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(service.run_background)
-            tasks.start_soon(_reload_on_sighup, service, reread_policy)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    log.info("stopping", extra={"signal": signal.Signals(signum).name})
-                    break
-                guard.remove_socket()
-                lifecycle.draining = True
-                await health.enter_graceful_shutdown()
-                tasks.start_soon(_stop_now_on_second_signal, signals, server)
-                await _drain(inflight, settings.grace_period)
-                if sys.platform.startswith("linux"):
-                    log.debug("hung up", extra={"connections": _hang_up(settings.endpoint)})
-                await server.stop(grace=1.0)
-                lifecycle.serving = False
-                await ops.stop()
-                tasks.cancel_scope.cancel()
+            tasks.start_soon(_reload_on_sighup, service, reread_policy, hangups)
+            async for signum in signals:
+                log.info("stopping", extra={"signal": signal.Signals(signum).name})
+                break
+            guard.remove_socket()
+            lifecycle.draining = True
+            await health.enter_graceful_shutdown()
+            tasks.start_soon(_stop_now_on_second_signal, signals, server)
+            await _drain(inflight, settings.grace_period)
+            if sys.platform.startswith("linux"):
+                log.debug("hung up", extra={"connections": _hang_up(settings.endpoint)})
+            await server.stop(grace=1.0)
+            lifecycle.serving = False
+            await ops.stop()
+            tasks.cancel_scope.cancel()
 
 
 async def _reload_on_sighup(
-    service: KeyService, reread_policy: Callable[[], RotationPolicy] | None
+    service: KeyService,
+    reread_policy: Callable[[], RotationPolicy] | None,
+    hangups: AsyncIterator[int],
 ) -> None:
     """SIGHUP: new rotation settings and the remote key's state, without a restart."""
-    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
-        async for _ in signals:
-            log.info("SIGHUP: reloading")
-            policy = None
-            if reread_policy is not None:
-                try:
-                    policy = reread_policy()
-                except Exception as exc:  # a broken file keeps the settings in force
-                    log.warning("reload: settings unreadable", extra={"error": str(exc)})
-            await service.reload(policy)
+    async for _ in hangups:
+        log.info("SIGHUP: reloading")
+        policy = None
+        if reread_policy is not None:
+            try:
+                policy = reread_policy()
+            except Exception as exc:  # a broken file keeps the settings in force
+                log.warning("reload: settings unreadable", extra={"error": str(exc)})
+        await service.reload(policy)
 
 
 async def _stop_now_on_second_signal(signals: object, server: grpc.aio.Server) -> None:

@@ -45,6 +45,7 @@ from kmsplug.errors import (
     PlaintextTooLarge,
     ProviderRefused,
     ProviderUnavailable,
+    SealBudgetSpent,
     ShuttingDown,
     UnknownKeyId,
 )
@@ -76,6 +77,11 @@ _ERROR_STATUS: tuple[tuple[type[KmsplugError], grpc.StatusCode, str | None], ...
         "the KMS key is disabled or pending deletion: nothing new is sealed under it",
     ),
     (ProviderUnavailable, grpc.StatusCode.UNAVAILABLE, "KMS provider unavailable"),
+    (
+        SealBudgetSpent,  # no retry helps: an operator must act (docs/security.md)
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the local root key's seal budget is spent: sealing refused, opening goes on",
+    ),
     (NeedsRotation, grpc.StatusCode.UNAVAILABLE, "no usable key-encryption key"),
     (ShuttingDown, grpc.StatusCode.UNAVAILABLE, "shutting down"),
     (ProviderRefused, grpc.StatusCode.FAILED_PRECONDITION, "KMS provider refused"),

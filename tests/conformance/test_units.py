@@ -130,3 +130,24 @@ def test_rules_lists_every_rule_with_its_source() -> None:
     rows = result.output.splitlines()[2:]
     assert [row.split("|")[1].strip(" `") for row in rows] == list(ALL)
     assert all(row.count("|") == 6 for row in rows)  # no cell breaks the table
+
+
+def test_a_burst_counts_every_wrong_plaintext_even_behind_other_failures() -> None:
+    from kmsplug.conformance.common import WRONG_PLAINTEXT, BurstResult, report_burst
+
+    failures = ["DEADLINE_EXCEEDED"] * 50 + ["UNAVAILABLE"] * 20 + ["INTERNAL"] * 10
+    outcome = BurstResult(
+        wall=1.0, failures=[*failures, WRONG_PLAINTEXT], latencies=[0.1] * 600,
+        probe_latencies=[0.01],
+    )  # fmt: skip
+    report = Report("unix:///x.sock", {})
+    report_burst(report, "v2", 600, "Decrypts", outcome)
+    burst = report.results[0]
+    assert burst.outcome is Outcome.FAIL
+    assert burst.figures["wrong_plaintexts"] == 1
+    assert f"1x {WRONG_PLAINTEXT}" in burst.detail  # not hidden by the three commonest
+    clean = Report("unix:///x.sock", {})
+    quiet = BurstResult(wall=1.0, latencies=[0.1] * 600, probe_latencies=[0.01])
+    report_burst(clean, "v2", 600, "Decrypts", quiet)
+    assert clean.results[0].outcome is Outcome.PASS
+    assert clean.results[0].figures["wrong_plaintexts"] == 0

@@ -20,7 +20,8 @@ import pytest
 
 from kmsplug.app import build_service
 from kmsplug.client import KmsClient
-from kmsplug.errors import InvalidCiphertext, ProviderRefused, ProviderUnavailable
+from kmsplug.core import MODE_DIRECT, frame_direct, peek
+from kmsplug.errors import InvalidCiphertext, ProviderRefused, ProviderUnavailable, UnknownKeyId
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
 from kmsplug.sealer import Sealer
 
@@ -177,6 +178,50 @@ async def test_ack_ciphertexts_decrypt_and_compat_mode_round_trips(fake: FakeAli
     assert await ack.unwrap_legacy(ciphertext) == dek  # what ack-kms-plugin would do
     with pytest.raises(InvalidCiphertext):
         await modern.open(base64.b64encode(os.urandom(80)))
+
+
+async def test_direct_mode_frames_the_blob_and_binds_its_key_id(fake: FakeAlibabaKms) -> None:
+    """kmsplug's own direct mode: the CiphertextBlob in a mode-2 frame whose key_id is in
+    the EncryptionContext. main wrote the bare blob, the very bytes ack-kms-plugin writes,
+    which must open under any key_id (conformance's v2.decrypt.unknown_key_id)."""
+    key = fake.create_key()
+    kek = provider(fake, key)
+    await kek.preflight()
+    sealer = Sealer(kek, hierarchy=False)
+    dek = secrets.token_bytes(32)
+    ciphertext, key_id = await sealer.seal(dek)
+    mode, embedded, wrapped = peek(ciphertext)
+    assert (mode, embedded, key_id) == (MODE_DIRECT, kek.key_id, kek.key_id)
+    assert base64.b64decode(wrapped, validate=True)  # the CiphertextBlob inside
+    assert await sealer.open(ciphertext, key_id) == dek
+    assert await sealer.open(ciphertext) == dek  # v1: no key_id
+    for other in (key, f"alibaba:{key}:another-version"):
+        with pytest.raises((InvalidCiphertext, UnknownKeyId)):
+            await sealer.open(ciphertext, other)
+    # The KMS checks the binding: the blob alone, under our plain context, does not open.
+    with pytest.raises(InvalidCiphertext):
+        await kek.unwrap(wrapped)
+    assert await kek.unwrap_bound(wrapped, key_id) == dek
+    # A header relabelled with another key_id this provider owns fails at the KMS.
+    with pytest.raises(InvalidCiphertext):
+        await sealer.open(frame_direct(key, wrapped), key)
+
+
+async def test_bare_blob_of_an_older_kmsplug_direct_mode_still_opens(fake: FakeAlibabaKms) -> None:
+    """What kmsplug's direct mode wrote before the frame: the bare CiphertextBlob under our
+    EncryptionContext, stored under key_id alibaba:<cmk>:<version>. It keeps opening
+    through the legacy path, under any key_id (as ack-kms-plugin's blobs)."""
+    key = fake.create_key()
+    env = env_for(fake)
+    kek = provider(fake, key, env)
+    await kek.preflight()
+    dek = secrets.token_bytes(32)
+    older = await kek.wrap(dek)  # wrap itself is unchanged: the bare blob, our context
+    assert base64.b64decode(older, validate=True)
+    sealer = Sealer(provider(fake, key, env), hierarchy=False)
+    assert await sealer.open(older, kek.key_id) == dek
+    assert await sealer.open(older) == dek
+    assert await sealer.open(older, "an --key-id of long ago") == dek
 
 
 async def test_plugin_process_with_alibaba_provider(

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from botocore.stub import Stubber
 
+from kmsplug.core import MODE_DIRECT, frame_direct, peek
 from kmsplug.errors import (
     ConfigError,
     InvalidCiphertext,
@@ -22,8 +23,9 @@ from kmsplug.errors import (
     ProviderThrottled,
     ProviderTransient,
     ProviderUnavailable,
+    UnknownKeyId,
 )
-from kmsplug.providers.aws.kek import AwsKek, build, classify_error, make_client
+from kmsplug.providers.aws.kek import BOUND_KEY_ID, AwsKek, build, classify_error, make_client
 from kmsplug.providers.aws.settings import AwsSettings, settings_from_env
 from kmsplug.providers.resilient import ResiliencePolicy, Resilient
 from kmsplug.sealer import Sealer
@@ -130,18 +132,65 @@ async def test_aws_encryption_provider_ciphertext_opens(kms: LocalKms, make: Mak
         await sealer.open(legacy[:-1] + bytes([legacy[-1] ^ 1]))
 
 
-async def test_direct_mode_writes_aws_encryption_provider_format(kms: LocalKms, make: Make) -> None:
-    arn = kms.create_key()
-    kek = make(arn, encryption_context={"c": "1"})
+async def test_direct_mode_frames_the_blob_and_binds_its_key_id(kms: LocalKms, make: Make) -> None:
+    """kmsplug's own direct mode: the provider's b'1' + CiphertextBlob in a mode-2 frame,
+    the frame's key_id in the encryption context (main wrote the bare blob, which opens
+    under any key_id: conformance's v2.decrypt.unknown_key_id)."""
+    arn = kms.create_key(alias="alias/framed")
+    kek = make(arn, encryption_context={"c": "1"}, legacy_key_ids=("alias/framed",))
     await kek.preflight()
     sealer = Sealer(kek, hierarchy=False)
     dek = secrets.token_bytes(32)
     ciphertext, key_id = await sealer.seal(dek)
-    assert ciphertext[:1] == b"1" and key_id == f"aws:{arn}"
+    mode, embedded, wrapped = peek(ciphertext)
+    assert (mode, embedded, key_id) == (MODE_DIRECT, f"aws:{arn}", f"aws:{arn}")
+    assert wrapped[:1] == b"1"
+    assert await sealer.open(ciphertext, key_id) == dek
+    assert await sealer.open(ciphertext) == dek  # v1: no key_id
+    for other in ("alias/framed", "aws:arn:aws:kms:elsewhere"):
+        with pytest.raises((InvalidCiphertext, UnknownKeyId)):
+            await sealer.open(ciphertext, other)  # not the key_id it was sealed under
+    # The key_id is bound at KMS: the context with it decrypts, the plain one does not.
+    bound = {"c": "1", BOUND_KEY_ID: key_id}
+    assert (
+        kms.client().decrypt(CiphertextBlob=wrapped[1:], EncryptionContext=bound)["Plaintext"]
+        == dek
+    )
+    with pytest.raises(ClientError):
+        kms.client().decrypt(CiphertextBlob=wrapped[1:], EncryptionContext={"c": "1"})
+    # A header whose key_id was changed to another this provider owns fails at KMS.
+    relabelled = frame_direct("alias/framed", wrapped)
+    with pytest.raises(InvalidCiphertext):
+        await sealer.open(relabelled, "alias/framed")
+
+
+async def test_compat_aws_writes_aws_encryption_provider_format(kms: LocalKms, make: Make) -> None:
+    arn = kms.create_key()
+    kek = make(arn, encryption_context={"c": "1"}, compat_aws=True)
+    await kek.preflight()
+    sealer = Sealer(kek, hierarchy=False)
+    dek = secrets.token_bytes(32)
+    ciphertext, key_id = await sealer.seal(dek)
+    assert ciphertext[:1] == b"1" and key_id == arn  # its --key verbatim, as it reports
     assert await sealer.open(ciphertext, key_id) == dek
     # what aws-encryption-provider would do with it: strip the '1', Decrypt
     blob = kms.client().decrypt(CiphertextBlob=ciphertext[1:], EncryptionContext={"c": "1"})
     assert blob["Plaintext"] == dek
+
+
+async def test_bare_blob_of_an_older_kmsplug_direct_mode_still_opens(
+    kms: LocalKms, make: Make
+) -> None:
+    """What kmsplug's direct mode wrote before the frame: b'1' + CiphertextBlob under our
+    context, stored under key_id aws:<arn>. It keeps opening (legacy path, any key_id)."""
+    arn = kms.create_key()
+    dek = secrets.token_bytes(32)
+    blob = kms.client().encrypt(KeyId=arn, Plaintext=dek, EncryptionContext={"c": "1"})
+    older = b"1" + blob["CiphertextBlob"]
+    sealer = Sealer(make(arn, encryption_context={"c": "1"}), hierarchy=False)
+    assert await sealer.open(older, f"aws:{arn}") == dek
+    assert await sealer.open(older) == dek
+    assert await sealer.open(older, "a --key of long ago") == dek  # as aws-encryption-provider
 
 
 async def test_hierarchy_costs_one_encrypt(kms: LocalKms, make: Make) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
+from kmsplug.core import MODE_DIRECT, peek
 from kmsplug.errors import (
     ConfigError,
     InvalidCiphertext,
@@ -310,13 +311,34 @@ async def test_vault_kubernetes_kms_ciphertexts_open_through_the_envelope(
     with pytest.raises(UnknownKeyId):
         await strict.open(legacy, "1")
     assert await strict.open(legacy, "kms-old") == dek
-    # Direct mode writes Transit text too, so a rollback to vault-kubernetes-kms reads it.
-    direct = Sealer(make(key), hierarchy=False)
-    ciphertext, key_id = await direct.seal(dek)
-    assert key_id == "vault:transit/kms:v1" and ciphertext.startswith(b"vault:v1:")
+    # --compat vault writes Transit text under the bare version, as vault-kubernetes-kms,
+    # so a rollback to it reads everything.
+    compat = Sealer(make(key, compat_vault=True), hierarchy=False)
+    ciphertext, key_id = await compat.seal(dek)
+    assert key_id == "1" and ciphertext.startswith(b"vault:v1:")
     decrypted = bao.api("POST", f"transit/decrypt/{key}", {"ciphertext": ciphertext.decode()})
     assert base64.b64decode(decrypted["data"]["plaintext"]) == dek
+    assert await compat.open(ciphertext, key_id) == dek
+
+
+async def test_direct_mode_frames_transit_text_and_older_bare_text_still_opens(
+    bao: DevServer, make: Make
+) -> None:
+    """kmsplug's own direct mode frames the Transit text (mode 2, key_id checked); what it
+    wrote before the frame (the bare text, under vault:<mount>/<key>:vN) still opens."""
+    key = bao.create_key("framed")
+    dek = secrets.token_bytes(32)
+    direct = Sealer(make(key), hierarchy=False)
+    ciphertext, key_id = await direct.seal(dek)
+    mode, embedded, wrapped = peek(ciphertext)
+    assert (mode, embedded, key_id) == (MODE_DIRECT, f"vault:transit/{key}:v1", embedded)
+    assert wrapped.startswith(b"vault:v1:")
     assert await direct.open(ciphertext, key_id) == dek
+    assert await direct.open(ciphertext) == dek
+    with pytest.raises((InvalidCiphertext, UnknownKeyId)):
+        await direct.open(ciphertext, "1")  # a key_id it was not sealed under
+    older = bao.encrypt(key, dek).encode()  # kmsplug's direct mode before the frame
+    assert await direct.open(older, key_id) == dek
 
 
 async def test_hierarchy_makes_one_transit_call_for_1000_deks(

@@ -222,14 +222,17 @@ async def test_aws_encryption_provider_format_both_ways(
             for key, blob in blobs.items():  # whatever --key it was written under
                 assert await client.v2_decrypt(blob, key) == dek
         kmsplug.stop()
-        direct = kmsplug_serve(
+        # --compat aws writes what aws-encryption-provider writes, under its key_id.
+        compat = kmsplug_serve(
             short_tmp, short_tmp / "aws.sock", *flags, "--aws-region", REGION,
-            "--mode", "direct", env=CREDENTIALS,
+            "--compat", "aws", env=CREDENTIALS,
         ).start()  # fmt: skip
-        daemons.append(direct)
-        async with KmsClient(direct.endpoint, timeout=20) as client:
+        daemons.append(compat)
+        async with KmsClient(compat.endpoint, timeout=20) as client:
+            assert (await client.v2_status()).key_id == arn
             written = await client.v2_encrypt(dek)
-        direct.stop()
+            assert written.key_id == arn and written.ciphertext[:1] == b"1"
+        compat.stop()
         peer = aws_encryption_provider(
             short_tmp, short_tmp / "aws.sock", kms_endpoint=kms.endpoint, key=arn,
             region=REGION, credentials=CREDENTIALS,
@@ -268,13 +271,16 @@ async def test_vault_kubernetes_kms_format_both_ways(
         async with KmsClient(kmsplug.endpoint, timeout=20) as client:
             assert await client.v2_decrypt(encrypted.ciphertext, "1") == dek
         kmsplug.stop()
-        direct = kmsplug_serve(
-            short_tmp, socket, *flags, "--vault-transit-key", "kms", "--mode", "direct", env=env
+        # --compat vault writes what vault-kubernetes-kms writes, under its key_id.
+        compat = kmsplug_serve(
+            short_tmp, socket, *flags, "--vault-transit-key", "kms", "--compat", "vault", env=env
         ).start()
-        daemons.append(direct)
-        async with KmsClient(direct.endpoint, timeout=20) as client:
+        daemons.append(compat)
+        async with KmsClient(compat.endpoint, timeout=20) as client:
+            assert (await client.v2_status()).key_id == "1"
             written = await client.v2_encrypt(dek)
-        direct.stop()
+            assert written.key_id == "1" and written.ciphertext.startswith(b"vault:v1:")
+        compat.stop()
         peer = vault_kubernetes_kms(
             short_tmp, socket, address=bao.address, token=bao.root_token, transit_key="kms"
         ).start()

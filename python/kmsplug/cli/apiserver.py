@@ -92,9 +92,14 @@ def config(
 
     if check_file is not None:
         from kmsplug.cli.serve import serve
+        from kmsplug.server import check_http_address
 
-        count = check_settings(serve, check_file)
+        settings = check_settings(serve, check_file)
+        note = check_http_address(settings["http_address"])
+        count = len([v for v in settings.values() if v not in (None, (), "")])
         click.echo(f"{check_file}: ok ({count} settings resolved)")
+        if note:
+            click.echo(note, err=True)
         return
 
     try:

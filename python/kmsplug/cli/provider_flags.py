@@ -93,9 +93,10 @@ PROVIDER_SETTINGS: tuple[ProviderSetting, ...] = (
     ProviderSetting(
         "--compat",
         "KMSPLUG_COMPAT",
-        "ack: write exactly what ack-kms-plugin writes (direct mode, its key_id), so a "
-        "rollback to it can read everything.",
-        type=click.Choice(["none", "ack"]),
+        "Write exactly what a peer plugin writes (direct mode, its format and key_id), so a "
+        "rollback to it can read everything: ack (ack-kms-plugin, --provider alibaba), aws "
+        "(aws-encryption-provider), vault (vault-kubernetes-kms).",
+        type=click.Choice(["none", "ack", "aws", "vault"]),
         default="none",
     ),
     # Vault / OpenBao Transit

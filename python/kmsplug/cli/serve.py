@@ -22,6 +22,7 @@ from kmsplug.cli.options import default_of, octal, option, socket_option
 from kmsplug.cli.provider_flags import provider_environment, provider_options, resilience_policy
 from kmsplug.cli.settings import config_file_option, rereader
 from kmsplug.core import MAX_SEALS_LIMIT, RotationPolicy
+from kmsplug.errors import ConfigError
 from kmsplug.server import ServerSettings
 from kmsplug.service import PROBE_INTERVAL
 
@@ -116,7 +117,9 @@ key_options = _options(
         type=click.IntRange(min=1, max=MAX_SEALS_LIMIT),
         default=default_of(RotationPolicy, "max_seals"),
         envvar="KMSPLUG_KEK_MAX_SEALS",
-        help="Hard limit of DEKs per local KEK (random 96-bit nonces: keep far below 2^32).",
+        help="Hard limit of DEKs per local KEK, and of seals under the key file's root key "
+        "(direct mode, probes included; counted per process): random 96-bit nonces, keep "
+        "far below 2^32.",
     ),
     option(
         "--kek-max-age",
@@ -176,6 +179,17 @@ def server_settings(values: Mapping[str, Any]) -> ServerSettings:
     return ServerSettings(**{name: values[name] for name in names if name in values})
 
 
+#: `--compat` modes: the peer plugin whose format they write -> the provider they need.
+COMPAT_PROVIDERS = {"ack": "alibaba", "aws": "aws", "vault": "vault"}
+
+
+def check_compat(compat: str, provider: str) -> None:
+    """ConfigError unless `--compat` (if any) fits the write provider."""
+    needed = COMPAT_PROVIDERS.get(compat)
+    if needed is not None and provider != needed:
+        raise ConfigError(f"--compat {compat} writes with --provider {needed}, not {provider}")
+
+
 def rotation_policy(values: Mapping[str, Any]) -> RotationPolicy:
     """The local-KEK rotation settings (at start, and again on SIGHUP)."""
     max_seals = int(values["kek_max_seals"])
@@ -199,14 +213,22 @@ def serve(**values: Any) -> None:
     from kmsplug.app import build_service, print_ready
     from kmsplug.hardening import harden_process
     from kmsplug.providers import registry
+    from kmsplug.server import listen_http
     from kmsplug.server import serve as run
+    from kmsplug.sockets import check_location
 
     provider: str = values["provider"]
     decrypt_providers: tuple[str, ...] = values["decrypt_providers"]
+    check_compat(values["compat"], provider)
     registry.require_extras([provider, *decrypt_providers])
     log.setup(log_level(values), values["log_format"], values["audit_log"])
     harden_process()  # before any key is read
     settings = server_settings(values)
+    # Before anything is created (a key file, the socket directory): a second kmsplug on
+    # the host with the same HTTP port, or an unsafe socket directory, stops here and
+    # leaves no trace.
+    http_socket = listen_http(settings.http_address)
+    check_location(settings.endpoint)
     env = provider_environment(values, os.environ)
     limits = resilience_policy(values)
     writer = registry.build(provider, env, limits)
@@ -227,6 +249,7 @@ def serve(**values: Any) -> None:
             settings,
             on_ready=lambda: print_ready(settings, values["provider_name"], service),
             reread_policy=reread,
+            http_socket=http_socket,
         ),
         backend="asyncio",
         backend_options={"use_uvloop": values["event_loop"] == "uvloop"},

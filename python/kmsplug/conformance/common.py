@@ -220,6 +220,10 @@ class BurstResult:
     probe_latencies: list[float] = field(default_factory=list)
 
 
+#: How a burst call that answered with another plaintext is counted.
+WRONG_PLAINTEXT = "WRONG plaintext"
+
+
 async def _timed(call: BurstCall) -> tuple[str | None, float]:
     started = time.perf_counter()
     failure = await call()
@@ -256,8 +260,14 @@ async def burst(calls: Sequence[BurstCall], probe: BurstCall) -> BurstResult:
 
 def report_burst(report: Report, prefix: str, size: int, what: str, outcome: BurstResult) -> None:
     text, figures = latency_summary(outcome.latencies)
+    counts = Counter(outcome.failures)
+    # Wrong plaintexts are the failure that loses data: always counted, never hidden
+    # behind the three commonest kinds.
+    figures["wrong_plaintexts"] = float(counts[WRONG_PLAINTEXT])
     if outcome.failures:
-        kinds = Counter(outcome.failures).most_common(3)
+        kinds = counts.most_common(3)
+        if counts[WRONG_PLAINTEXT] and WRONG_PLAINTEXT not in dict(kinds):
+            kinds.append((WRONG_PLAINTEXT, counts[WRONG_PLAINTEXT]))
         listed = "; ".join(f"{n}x {failure}" for failure, n in kinds)
         report.add(
             f"{prefix}.burst",
@@ -292,4 +302,4 @@ def describe_failure(plain: bytes | None, reply: Reply, expected: bytes) -> str 
     """For burst calls: None if the plaintext is exact, else a short reason."""
     if plain is None:
         return reply.code
-    return None if plain == expected else "WRONG plaintext"
+    return None if plain == expected else WRONG_PLAINTEXT

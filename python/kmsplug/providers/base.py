@@ -5,6 +5,11 @@ local key file. It wraps and unwraps bytes, says its key_id, and checks its heal
 knows nothing of gRPC, of the apiserver, or of the local-KEK keyring (the sealer decides
 when a local KEK is made, cached or opened, and asks the provider only to wrap or unwrap
 it).
+
+Key hygiene: a local KEK reaches `wrap` as a `bytearray` that the sealer wipes after the
+call; a provider passes that very buffer on where its SDK accepts one, and makes no
+`bytes` copy of it. What an SDK copies internally (base64 text of the key in a request
+body, the `bytes` an unwrap returns) cannot be wiped from Python: docs/security.md lists it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ import os
 from abc import ABC, abstractmethod
 
 from kmsplug.errors import InvalidCiphertext, ProviderTransient
+
+#: A secret on its way to the KMS: a local KEK is a `bytearray` the caller wipes.
+Secret = bytes | bytearray
 
 
 class KekProvider(ABC):
@@ -31,16 +39,40 @@ class KekProvider(ABC):
         return key_id == self.key_id
 
     @abstractmethod
-    async def wrap(self, plaintext: bytes) -> bytes:
-        """Encrypt a small secret under the KEK.
+    async def wrap(self, plaintext: Secret) -> bytes:
+        """Encrypt a small secret under the KEK (pass `plaintext` on as it is: no copy).
 
-        In direct mode the result is the ciphertext handed to the apiserver, so it must be
-        self-describing: `unwrap` gets nothing else back.
+        The result is self-describing: `unwrap` gets nothing else back. In the compat
+        modes it is the very ciphertext the peer plugin wrote.
         """
 
     @abstractmethod
     async def unwrap(self, wrapped: bytes) -> bytes:
         """Invert `wrap`; raise InvalidCiphertext if the blob is not ours or was altered."""
+
+    async def wrap_bound(self, plaintext: Secret, key_id: str) -> bytes:
+        """`wrap` for kmsplug's direct mode, where the result is framed with `key_id`.
+
+        A provider whose KMS authenticates a context with the ciphertext binds `key_id`
+        into it, so a frame whose key_id was altered fails at the KMS; the default binds
+        nothing.
+        """
+        del key_id
+        return await self.wrap(plaintext)
+
+    async def unwrap_bound(self, wrapped: bytes, key_id: str) -> bytes:
+        """Invert `wrap_bound` with the key_id of the frame."""
+        del key_id
+        return await self.unwrap(wrapped)
+
+    def binds_key_id(self) -> bool:
+        """Whether `wrap_bound` binds the key_id into what the KMS authenticates."""
+        return False
+
+    def writes_peer_format(self) -> bool:
+        """Whether direct mode writes a peer plugin's own format (a `--compat` mode): the
+        bare `wrap` output, under the peer's key_id, instead of kmsplug's frame."""
+        return False
 
     async def health(self) -> None:
         """Raise if the KEK cannot be used right now (unreachable, disabled, refused).

@@ -30,7 +30,7 @@ from kmsplug.errors import (
     ProviderTransient,
     ProviderUnavailable,
 )
-from kmsplug.providers.base import KekProvider
+from kmsplug.providers.base import KekProvider, Secret
 from kmsplug.providers.shared import CallInfo, current_call
 
 audit_log = logging.getLogger("kmsplug.audit")
@@ -107,7 +107,8 @@ class Resilient(KekProvider):
         self.policy = policy or ResiliencePolicy()
         self.bucket = TokenBucket(self.policy.rate, float(self.policy.burst))
         self.stats = CallStats()
-        self._unwraps: dict[bytes, asyncio.Future[bytes]] = {}
+        # (key_id bound, or None; wrapped) -> the unwrap in flight
+        self._unwraps: dict[tuple[str | None, bytes], asyncio.Future[bytes]] = {}
 
     @property
     def key_id(self) -> str:
@@ -116,15 +117,29 @@ class Resilient(KekProvider):
     def owns(self, key_id: str) -> bool:
         return self.inner.owns(key_id)
 
-    async def wrap(self, plaintext: bytes) -> bytes:
+    async def wrap(self, plaintext: Secret) -> bytes:
         return await self._call("wrap", lambda: self.inner.wrap(plaintext))
 
     async def unwrap(self, wrapped: bytes) -> bytes:
-        shared = self._unwraps.get(wrapped)
+        return await self._shared((None, wrapped), lambda: self.inner.unwrap(wrapped))
+
+    async def wrap_bound(self, plaintext: Secret, key_id: str) -> bytes:
+        return await self._call("wrap", lambda: self.inner.wrap_bound(plaintext, key_id))
+
+    async def unwrap_bound(self, wrapped: bytes, key_id: str) -> bytes:
+        # The key_id is part of what is unwrapped: another one is another answer.
+        return await self._shared(
+            (key_id, wrapped), lambda: self.inner.unwrap_bound(wrapped, key_id)
+        )
+
+    async def _shared(
+        self, key: tuple[str | None, bytes], unwrap: Callable[[], Awaitable[bytes]]
+    ) -> bytes:
+        shared = self._unwraps.get(key)
         if shared is None:
-            shared = asyncio.ensure_future(self._call("unwrap", lambda: self.inner.unwrap(wrapped)))
-            self._unwraps[wrapped] = shared
-            shared.add_done_callback(lambda _: self._unwraps.pop(wrapped, None))
+            shared = asyncio.ensure_future(self._call("unwrap", unwrap))
+            self._unwraps[key] = shared
+            shared.add_done_callback(lambda _: self._unwraps.pop(key, None))
         else:  # someone is unwrapping this very blob: share the answer
             self.stats.shared_unwraps += 1
         # shield: one caller giving up (its deadline) does not cancel the others' call.
@@ -150,6 +165,12 @@ class Resilient(KekProvider):
 
     def legacy_ignores_key_id(self) -> bool:
         return self.inner.legacy_ignores_key_id()
+
+    def binds_key_id(self) -> bool:
+        return self.inner.binds_key_id()
+
+    def writes_peer_format(self) -> bool:
+        return self.inner.writes_peer_format()
 
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
         return await self._call("unwrap", lambda: self.inner.unwrap_legacy(ciphertext))

@@ -113,8 +113,8 @@ pub(crate) fn random_nonce() -> Result<[u8; NONCE_LEN]> {
     Ok(nonce)
 }
 
-/// A fresh random 256-bit key.
-pub(crate) fn random_key() -> Result<SecretKey> {
+/// A fresh random 256-bit key (from the OS CSPRNG), wiped on drop.
+pub fn random_key() -> Result<SecretKey> {
     let mut key = Zeroizing::new([0_u8; KEY_LEN]);
     fill_random(key.as_mut())?;
     Ok(key)

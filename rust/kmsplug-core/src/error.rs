@@ -29,6 +29,14 @@ pub enum Error {
     #[error("the local KEK needs rotation: {0}")]
     NeedsRotation(&'static str),
 
+    /// The root key sealed as many times as its budget allows in this process: random
+    /// 96-bit nonces under one key must stay far below 2^32 seals. Opening goes on.
+    #[error(
+        "the root key's seal budget is spent ({0} seals in this process): use hierarchy mode \
+         or a new key file (the old one as a decrypt key file)"
+    )]
+    SealBudgetSpent(u64),
+
     /// A key file is missing, unreadable, of the wrong size or too widely readable.
     #[error("key file {path}: {reason}")]
     KeyFile {

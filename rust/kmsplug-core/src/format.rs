@@ -151,6 +151,16 @@ pub(crate) fn prefix(
     Ok(out)
 }
 
+/// A mode-2 envelope around what a remote provider's wrap returned (its opaque blob):
+/// kmsplug's own direct mode, so the `key_id` is read and checked as in every kmsplug
+/// ciphertext. The provider authenticates its blob; binding the `key_id` into it, where
+/// the KMS allows, is the provider's part (FORMAT.md, "Mode 2: direct").
+pub fn frame_direct(key_id: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
+    let mut out = prefix(Mode::Direct, key_id, wrapped.len(), 0)?;
+    out.extend_from_slice(wrapped);
+    Ok(out)
+}
+
 /// The full mode-1 header (magic up to and including the wrapped local KEK), with
 /// capacity for a sealed body of the largest plaintext.
 pub(crate) fn hierarchy_header(key_id: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
@@ -195,6 +205,26 @@ mod tests {
         out.extend_from_slice(wrapped);
         out.extend_from_slice(body);
         out
+    }
+
+    #[test]
+    fn frames_a_remote_blob_as_mode_2() {
+        // Pinned bytes: a framed direct-mode envelope is stored in etcd like any other.
+        let framed = frame_direct("aws:k", b"1blob").unwrap();
+        assert_eq!(
+            framed,
+            [
+                0xC9, 0x6B, 0x01, 0x02, 5, b'a', b'w', b's', b':', b'k', 0, 5, b'1', b'b', b'l',
+                b'o', b'b'
+            ]
+        );
+        assert_eq!(
+            peek(&framed).unwrap(),
+            (Mode::Direct, "aws:k", &b"1blob"[..])
+        );
+        assert!(frame_direct("", b"x").is_err());
+        assert!(frame_direct("k", b"").is_err());
+        assert!(frame_direct("k", &[0; 1025]).is_err());
     }
 
     #[test]

@@ -36,8 +36,9 @@ mod keyring;
 mod limits;
 mod root;
 
+pub use aead::random_key;
 pub use error::{Error, Result};
-pub use format::{peek, Mode, FORMAT_VERSION, MAX_PLAINTEXT};
+pub use format::{frame_direct, peek, Mode, FORMAT_VERSION, MAX_PLAINTEXT};
 pub use keyring::{Keyring, Policy, Stats, MAX_SEALS_LIMIT};
 pub use limits::{
     is_fqdn, MAX_ANNOTATIONS_BYTES, MAX_KEY_ID, V1_MAX_CIPHERTEXT, V2_MAX_CIPHERTEXT,

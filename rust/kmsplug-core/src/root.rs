@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lc_rs::hmac;
 use zeroize::Zeroizing;
@@ -11,6 +12,7 @@ use zeroize::Zeroizing;
 use crate::aead::{self, AeadKey, SecretKey, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::format::{self, Mode};
+use crate::keyring::{Policy, MAX_SEALS_LIMIT};
 
 /// Prefix of every local `key_id`.
 pub const LOCAL_KEY_ID_PREFIX: &str = "local-";
@@ -26,9 +28,17 @@ pub const WRAPPED_KEK_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
 ///
 /// The file's bytes pass through a [`Zeroizing`] buffer only: once the AES key and the
 /// `key_id` are derived, aws-lc's context is the only copy, and it is cleansed on drop.
+///
+/// Every seal under the root key (a DEK in direct mode, a local KEK in hierarchy mode)
+/// takes a random 96-bit nonce, so they are counted against a budget, as a local KEK's
+/// are ([`Policy::max_seals`], 2^24 by default). Past it, sealing fails with
+/// [`Error::SealBudgetSpent`]; opening goes on. The count covers this process only: the
+/// key file holds no counter (it may be read-only, or copied to several nodes).
 pub struct RootKey {
     key: AeadKey,
     key_id: String,
+    seals: AtomicU64,
+    max_seals: AtomicU64,
 }
 
 impl std::fmt::Debug for RootKey {
@@ -53,20 +63,35 @@ impl RootKey {
         Ok(Self {
             key: AeadKey::new(bytes)?,
             key_id,
+            seals: AtomicU64::new(0),
+            max_seals: AtomicU64::new(Policy::DEFAULT.max_seals),
         })
     }
 
-    /// Read a key file: exactly 32 raw bytes, a regular file, not accessible to group or
-    /// others (mode & 0o077 == 0). Errors name the path and the fault, never the bytes.
+    /// Read a key file: exactly 32 raw bytes, a regular file (not a symbolic link, FIFO or
+    /// device), owned by the user kmsplug runs as or by root, not accessible to group or
+    /// others (mode & 0o077 == 0). The checks apply to the file opened (fstat of its
+    /// descriptor), so nothing can be swapped in between check and read. Errors name the
+    /// path and the fault, never the bytes.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let mut file =
-            File::open(path).map_err(|e| Error::key_file(path, format!("cannot open: {e}")))?;
+        let mut file = open_no_follow(path)?;
         let meta = file
             .metadata()
             .map_err(|e| Error::key_file(path, format!("cannot stat: {e}")))?;
         if !meta.is_file() {
             return Err(Error::key_file(path, "is not a regular file"));
+        }
+        let owner = meta.uid();
+        let user = rustix::process::geteuid().as_raw();
+        if owner != user && owner != 0 {
+            return Err(Error::key_file(
+                path,
+                format!(
+                    "is owned by uid {owner}, neither kmsplug's user (uid {user}) nor root: \
+                     that user could have chosen the key; chown it"
+                ),
+            ));
         }
         let mode = meta.mode() & 0o7777;
         if mode & 0o077 != 0 {
@@ -140,6 +165,36 @@ impl RootKey {
         &self.key_id
     }
 
+    /// Seals made under this key by this process (DEKs in direct mode, local KEKs).
+    pub fn seals(&self) -> u64 {
+        self.seals.load(Ordering::Relaxed)
+    }
+
+    /// The seal budget: past it, sealing fails and opening goes on.
+    pub fn max_seals(&self) -> u64 {
+        self.max_seals.load(Ordering::Relaxed)
+    }
+
+    /// Set the seal budget (1..=2^32; a reload may lower or raise it).
+    pub fn set_max_seals(&self, max_seals: u64) -> Result<()> {
+        if max_seals == 0 || max_seals > MAX_SEALS_LIMIT {
+            return Err(Error::InvalidInput("max_seals must be 1..=2**32"));
+        }
+        self.max_seals.store(max_seals, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Take one seal from the budget, or fail if it is spent.
+    fn count_seal(&self) -> Result<()> {
+        let max = self.max_seals();
+        self.seals
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(drop)
+            .map_err(|_| Error::SealBudgetSpent(max))
+    }
+
     fn wrap_aad(&self) -> Vec<u8> {
         let mut aad = Vec::with_capacity(WRAP_LABEL.len() + self.key_id.len());
         aad.extend_from_slice(WRAP_LABEL);
@@ -150,6 +205,7 @@ impl RootKey {
     /// Wrap a local KEK: `nonce || AES-GCM(root, nonce, aad, kek)` where aad is
     /// `"kmsplug local-kek v1|" + key_id`.
     pub(crate) fn wrap_kek(&self, kek: &[u8; KEY_LEN]) -> Result<Vec<u8>> {
+        self.count_seal()?;
         self.wrap_kek_with_nonce(kek, aead::random_nonce()?)
     }
 
@@ -176,6 +232,7 @@ impl RootKey {
     /// `nonce || AES-GCM(root, nonce, aad = header up to and including W, dek)`.
     pub fn seal_direct(&self, dek: &[u8]) -> Result<Vec<u8>> {
         format::check_plaintext(dek)?;
+        self.count_seal()?;
         self.seal_direct_with_nonce(dek, aead::random_nonce()?)
     }
 
@@ -210,6 +267,26 @@ impl RootKey {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Open a key file for reading without following a symbolic link, and without blocking:
+/// a FIFO or a device in its place must not hang start-up (the caller then refuses
+/// anything but a regular file).
+fn open_no_follow(path: &Path) -> Result<File> {
+    use rustix::fs::{Mode as Permissions, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    match rustix::fs::open(path, flags | OFlags::NOCTTY, Permissions::empty()) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(rustix::io::Errno::LOOP) => Err(Error::key_file(
+            path,
+            "is a symbolic link: give the path of the key file itself (in a Kubernetes \
+             Secret volume: DIR/..data/NAME)",
+        )),
+        Err(errno) => Err(Error::key_file(
+            path,
+            format!("cannot open: {}", std::io::Error::from(errno)),
+        )),
+    }
+}
 
 /// Deterministic sealing for golden vectors. Nonce reuse under AES-GCM is catastrophic:
 /// this exists only in test builds and with the `test-vectors` feature.
@@ -291,6 +368,71 @@ mod tests {
         let err = RootKey::from_file(&dir).unwrap_err().to_string();
         assert!(err.contains("regular file"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_fifos_symlinks_and_other_users_files_without_blocking() {
+        let dir = tmpdir("types");
+        let good = dir.join("good.key");
+        RootKey::create_file(&good).unwrap();
+
+        // A FIFO with no writer: a blocking open would wait forever.
+        let fifo = dir.join("fifo.key");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let err = RootKey::from_file(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+        let link = dir.join("link.key");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let err = RootKey::from_file(&link).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+
+        let user = rustix::process::geteuid().as_raw();
+        if user == 0 {
+            // Only root can give a file away; as another user the check cannot be set up.
+            let theirs = dir.join("theirs.key");
+            std::fs::copy(&good, &theirs).unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o600)).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let err = RootKey::from_file(&theirs).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn seal_budget_counts_direct_seals_and_wrapped_keks_and_spares_opening() {
+        let root = RootKey::from_bytes(&[3; 32]).unwrap();
+        assert_eq!(root.max_seals(), Policy::DEFAULT.max_seals);
+        root.set_max_seals(3).unwrap();
+        let first = root.seal_direct(b"dek").unwrap();
+        let _kek = root.wrap_kek(&[1; 32]).unwrap();
+        assert!(matches!(root.seal_direct(&[]), Err(Error::InvalidInput(_))));
+        assert_eq!(root.seals(), 2); // a refused plaintext costs nothing
+        root.seal_direct(b"dek").unwrap();
+        assert!(matches!(
+            root.seal_direct(b"dek"),
+            Err(Error::SealBudgetSpent(3))
+        ));
+        assert!(matches!(
+            root.wrap_kek(&[1; 32]),
+            Err(Error::SealBudgetSpent(3))
+        ));
+        assert_eq!(root.seals(), 3);
+        assert_eq!(root.open_direct(&first).unwrap(), b"dek");
+        root.set_max_seals(4).unwrap(); // a reload can raise it
+        root.seal_direct(b"dek").unwrap();
+        assert!(root.set_max_seals(0).is_err());
+        assert!(root.set_max_seals(MAX_SEALS_LIMIT + 1).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pyo3::import_exception!(kmsplug.errors, UnknownKeyId);
 pyo3::import_exception!(kmsplug.errors, KekNotCached);
 pyo3::import_exception!(kmsplug.errors, PlaintextTooLarge);
 pyo3::import_exception!(kmsplug.errors, NeedsRotation);
+pyo3::import_exception!(kmsplug.errors, SealBudgetSpent);
 pyo3::import_exception!(kmsplug.errors, KeyFileError);
 pyo3::import_exception!(kmsplug.errors, InvalidInput);
 
@@ -58,6 +59,7 @@ impl From<Error> for PyErr {
             Core::UnknownKeyId(_) => UnknownKeyId::new_err(message),
             Core::PlaintextTooLarge => PlaintextTooLarge::new_err(message),
             Core::NeedsRotation(_) => NeedsRotation::new_err(message),
+            Core::SealBudgetSpent(_) => SealBudgetSpent::new_err(message),
             Core::KeyFile { .. } => KeyFileError::new_err(message),
             Core::InvalidInput(_) => InvalidInput::new_err(message),
             Core::Internal(_) => PyRuntimeError::new_err(message),

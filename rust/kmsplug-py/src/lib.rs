@@ -12,7 +12,7 @@ mod keyring;
 mod root;
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyByteArray, PyBytes};
 
 /// Parse a ciphertext's header for routing: `(mode, key_id, wrapped)`.
 #[pyfunction]
@@ -22,6 +22,27 @@ fn peek(
 ) -> errors::Result<(u8, String, Bound<'_, PyBytes>)> {
     let (mode, key_id, wrapped) = kmsplug_core::peek(&ciphertext)?;
     Ok((mode as u8, key_id.to_owned(), PyBytes::new(py, wrapped)))
+}
+
+/// A mode-2 envelope around a remote provider's wrapped DEK (kmsplug's direct mode).
+#[pyfunction]
+fn frame_direct<'py>(
+    py: Python<'py>,
+    key_id: &str,
+    wrapped: pyo3::pybacked::PyBackedBytes,
+) -> errors::Result<Bound<'py, PyBytes>> {
+    Ok(PyBytes::new(
+        py,
+        &kmsplug_core::frame_direct(key_id, &wrapped)?,
+    ))
+}
+
+/// A new random 256-bit key as a `bytearray`, so Python can wipe its one copy (no
+/// immutable `bytes` of it is ever made). The Rust buffer is zeroed on drop.
+#[pyfunction]
+fn random_key(py: Python<'_>) -> errors::Result<Bound<'_, PyByteArray>> {
+    let key = kmsplug_core::random_key()?;
+    Ok(PyByteArray::new(py, key.as_ref()))
 }
 
 /// Whether `name` passes Kubernetes' `IsFullyQualifiedDomainName` (annotation keys).
@@ -36,11 +57,15 @@ mod _kmsplug {
     use pyo3::prelude::*;
 
     #[pymodule_export]
+    use super::frame_direct;
+    #[pymodule_export]
     use super::is_fqdn;
     #[pymodule_export]
     use super::keyring::PyKeyring;
     #[pymodule_export]
     use super::peek;
+    #[pymodule_export]
+    use super::random_key;
     #[pymodule_export]
     use super::root::PyRootKey;
 

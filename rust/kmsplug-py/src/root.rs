@@ -39,6 +39,23 @@ impl PyRootKey {
         self.inner.key_id()
     }
 
+    /// Seals made under this key by this process (direct-mode DEKs, local KEKs, probes).
+    #[getter]
+    fn seals(&self) -> u64 {
+        self.inner.seals()
+    }
+
+    /// The seal budget: past it, sealing raises `SealBudgetSpent`; opening goes on.
+    #[getter]
+    fn max_seals(&self) -> u64 {
+        self.inner.max_seals()
+    }
+
+    /// Set the seal budget (1..=2**32).
+    fn set_max_seals(&self, max_seals: u64) -> Result<()> {
+        Ok(self.inner.set_max_seals(max_seals)?)
+    }
+
     /// Seal a DEK directly under the root key (a mode-2 envelope).
     fn seal_direct<'py>(
         &self,

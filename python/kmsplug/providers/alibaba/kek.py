@@ -6,7 +6,11 @@ layer adds the deadline, retries, quota and audit; this module only speaks KMS.
 
 key_id is `alibaba:<CMK KeyId>:<KeyVersionId>`: a CMK rotation gives a new primary key
 version, so a new key_id, never a reused one. Ciphertexts written by ack-kms-plugin (the
-bare base64 CiphertextBlob, v1 and v2) are recognised and decrypted through KMS as-is.
+bare base64 CiphertextBlob, v1 and v2), and the same bare blobs older kmsplug releases
+wrote in direct mode, are recognised and decrypted through KMS as-is, under any key_id.
+kmsplug's direct mode now frames the blob in kmsplug's format (mode 2) and binds the
+frame's key_id into the EncryptionContext (BOUND_KEY_ID); only `--compat ack` writes the
+bare blob.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ from kmsplug.errors import (
 )
 from kmsplug.providers.alibaba.credentials import credential_source, kms_client
 from kmsplug.providers.alibaba.settings import AlibabaSettings
-from kmsplug.providers.base import KekProvider
+from kmsplug.providers.base import KekProvider, Secret
 from kmsplug.providers.shared import WorkerThreads, note_call
 
 log = logging.getLogger(__name__)
 
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/]+={0,2}$")
 _KEY_VERSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")  # a KeyVersionId (UUID) or "unknown"
+#: The EncryptionContext entry that binds a direct-mode frame's key_id to the blob.
+BOUND_KEY_ID = "kmsplug-key-id"
 
 
 def _describe(exc: Exception) -> tuple[str, int, str]:
@@ -154,6 +160,12 @@ class AlibabaKek(KekProvider):
         # --key-id changed (a CMK id, later an alias) stores objects under each string.
         return True
 
+    def binds_key_id(self) -> bool:
+        return True
+
+    def writes_peer_format(self) -> bool:
+        return self.settings.compat_ack
+
     # -- KMS calls -----------------------------------------------------------------------
 
     async def _run(self, call: Callable[[], Any], *, decrypting: bool = False) -> Any:
@@ -198,13 +210,20 @@ class AlibabaKek(KekProvider):
         self.cmk_id = meta["KeyId"] or self.cmk_id
         self.key_version = meta["PrimaryKeyVersion"] or self.key_version
 
-    async def wrap(self, plaintext: bytes) -> bytes:
+    async def wrap(self, plaintext: Secret) -> bytes:
+        return await self._encrypt(plaintext, self._context)
+
+    async def wrap_bound(self, plaintext: Secret, key_id: str) -> bytes:
+        return await self._encrypt(plaintext, {**self._context, BOUND_KEY_ID: key_id})
+
+    async def _encrypt(self, plaintext: Secret, context: dict[str, str]) -> bytes:
         from alibabacloud_kms20160120 import models
 
         request = models.EncryptRequest(
             key_id=self.settings.key,
+            # The SDK takes text: this base64 str is a copy no one can wipe (security.md).
             plaintext=base64.b64encode(plaintext).decode(),
-            encryption_context=self._context or None,
+            encryption_context=context or None,
         )
         response = await self._run(
             lambda: self._client.encrypt_with_options(request, self._runtime())
@@ -219,15 +238,19 @@ class AlibabaKek(KekProvider):
         return str(body.ciphertext_blob).encode()
 
     async def unwrap(self, wrapped: bytes) -> bytes:
+        return await self._decrypt(wrapped, self._context)
+
+    async def unwrap_bound(self, wrapped: bytes, key_id: str) -> bytes:
+        return await self._decrypt(wrapped, {**self._context, BOUND_KEY_ID: key_id})
+
+    async def _decrypt(self, wrapped: bytes, context: dict[str, str]) -> bytes:
         from alibabacloud_kms20160120 import models
 
         try:
             blob = wrapped.decode("ascii")
         except UnicodeDecodeError:
             raise InvalidCiphertext from None
-        request = models.DecryptRequest(
-            ciphertext_blob=blob, encryption_context=self._context or None
-        )
+        request = models.DecryptRequest(ciphertext_blob=blob, encryption_context=context or None)
         response = await self._run(
             lambda: self._client.decrypt_with_options(request, self._runtime()), decrypting=True
         )
@@ -239,21 +262,14 @@ class AlibabaKek(KekProvider):
             raise ProviderTransient("KMS Decrypt returned malformed plaintext") from None
 
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
-        """Decrypt a bare CiphertextBlob: ack-kms-plugin's (no context), or our own from
-        direct mode (our context): nothing in the blob tells the two apart."""
+        """Decrypt a bare CiphertextBlob: ack-kms-plugin's (no context), or an older
+        kmsplug's from direct mode (our context): nothing in the blob tells the two apart."""
         if self._context:
             try:
                 return await self.unwrap(ciphertext)
             except InvalidCiphertext:
                 pass  # not ours: ack-kms-plugin's, without a context
-        from alibabacloud_kms20160120 import models
-
-        request = models.DecryptRequest(ciphertext_blob=ciphertext.decode("ascii"))
-        response = await self._run(
-            lambda: self._client.decrypt_with_options(request, self._runtime()), decrypting=True
-        )
-        note_call(request_id=response.body.request_id, key_version=response.body.key_version_id)
-        return base64.b64decode(response.body.plaintext)
+        return await self._decrypt(ciphertext, {})
 
     async def preflight(self) -> list[str]:
         """Check the key before serving; raise ProviderRefused with what to fix."""

@@ -11,13 +11,17 @@ AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE), the shared config and credentials f
 Identity) and EC2 instance metadata endpoints. boto3 refreshes expiring credentials.
 
 Wrapped blobs are b'1' + the raw CiphertextBlob, which is aws-encryption-provider's
-format: in direct mode our ciphertexts are its ciphertexts (a rollback can read them, with
-the same encryption context), and theirs ours; kmsplug's own format starts with 0xC9.
+format. kmsplug's direct mode frames that blob in kmsplug's format (mode 2, key_id
+checked like every kmsplug ciphertext) and binds the key_id into the encryption context
+(BOUND_KEY_ID), so a frame whose key_id was altered fails at KMS. `--compat aws` writes
+the bare blob under aws-encryption-provider's key_id (its --key verbatim) instead, so a
+rollback to it reads everything (with the same encryption context).
 
 key_id is `aws:<key ARN>`, the ARN resolved by DescribeKey at preflight: AWS rotation is
 transparent (the ciphertext names the backing key), so it never changes for a key.
 Ciphertexts written by aws-encryption-provider (byte `1` + the raw CiphertextBlob, whose
-v2 key_id is its --key string verbatim) are recognised and decrypted through KMS.
+v2 key_id is its --key string verbatim), and the same bare blobs older kmsplug releases
+wrote in direct mode, are recognised and decrypted through KMS under any key_id.
 """
 
 from __future__ import annotations
@@ -37,13 +41,15 @@ from kmsplug.errors import (
     ProviderTransient,
 )
 from kmsplug.providers.aws.settings import AwsSettings
-from kmsplug.providers.base import KekProvider
+from kmsplug.providers.base import KekProvider, Secret
 from kmsplug.providers.shared import WorkerThreads, env_value, note_call
 
 log = logging.getLogger(__name__)
 
 #: aws-encryption-provider's ciphertext: this version byte, then the raw CiphertextBlob.
 LEGACY_PREFIX = b"1"
+#: The encryption-context entry that binds a direct-mode frame's key_id to the blob.
+BOUND_KEY_ID = "kmsplug-key-id"
 _THROTTLED = {"ThrottlingException", "LimitExceededException", "RequestLimitExceeded"}
 _STATE = {"DisabledException", "KMSInvalidStateException"}
 _BAD_CIPHERTEXT = {"InvalidCiphertextException", "IncorrectKeyException"}
@@ -141,6 +147,8 @@ class AwsKek(KekProvider):
 
     @property
     def key_id(self) -> str:
+        if self.settings.compat_aws:  # aws-encryption-provider's: its --key verbatim
+            return self.settings.key
         return f"aws:{self.key_arn or self.settings.key}"
 
     def owns(self, key_id: str) -> bool:
@@ -155,6 +163,12 @@ class AwsKek(KekProvider):
     def legacy_ignores_key_id(self) -> bool:
         # aws-encryption-provider reports --key verbatim and ignores key_id on Decrypt.
         return True
+
+    def binds_key_id(self) -> bool:
+        return True
+
+    def writes_peer_format(self) -> bool:
+        return self.settings.compat_aws
 
     # -- KMS calls -----------------------------------------------------------------------
 
@@ -185,24 +199,34 @@ class AwsKek(KekProvider):
     def _target(self) -> str:
         return self.key_arn or self.settings.key
 
-    async def wrap(self, plaintext: bytes) -> bytes:
+    async def wrap(self, plaintext: Secret) -> bytes:
+        return await self._encrypt(plaintext, self._context)
+
+    async def wrap_bound(self, plaintext: Secret, key_id: str) -> bytes:
+        return await self._encrypt(plaintext, {**self._context, BOUND_KEY_ID: key_id})
+
+    async def _encrypt(self, plaintext: Secret, context: Mapping[str, str]) -> bytes:
+        # botocore takes the bytearray itself (no bytes copy of a local KEK here).
         args: dict[str, Any] = {"KeyId": self._target(), "Plaintext": plaintext}
-        if self._context:
-            args["EncryptionContext"] = self._context
+        if context:
+            args["EncryptionContext"] = dict(context)
         response = await self._run("Encrypt", lambda: self._client.encrypt(**args))
         blob = response.get("CiphertextBlob")
         if not isinstance(blob, bytes) or not blob:
             raise ProviderTransient("AWS KMS Encrypt returned no ciphertext")
         return LEGACY_PREFIX + blob
 
-    async def _decrypt(self, blob: bytes, *, key: str | None) -> bytes:
+    async def _decrypt(
+        self, blob: bytes, *, key: str | None, context: Mapping[str, str] | None = None
+    ) -> bytes:
         if not blob:
             raise InvalidCiphertext
         args: dict[str, Any] = {"CiphertextBlob": blob}
         if key:
             args["KeyId"] = key
-        if self._context:
-            args["EncryptionContext"] = self._context
+        context = self._context if context is None else context
+        if context:
+            args["EncryptionContext"] = dict(context)
         response = await self._run("Decrypt", lambda: self._client.decrypt(**args))
         plaintext = response.get("Plaintext")
         if not isinstance(plaintext, bytes):
@@ -214,6 +238,14 @@ class AwsKek(KekProvider):
         if not looks_like_legacy(wrapped):
             raise InvalidCiphertext
         return await self._decrypt(wrapped[len(LEGACY_PREFIX) :], key=self._target())
+
+    async def unwrap_bound(self, wrapped: bytes, key_id: str) -> bytes:
+        if not looks_like_legacy(wrapped):
+            raise InvalidCiphertext
+        context = {**self._context, BOUND_KEY_ID: key_id}
+        return await self._decrypt(
+            wrapped[len(LEGACY_PREFIX) :], key=self._target(), context=context
+        )
 
     async def unwrap_legacy(self, ciphertext: bytes) -> bytes:
         """Decrypt what aws-encryption-provider stored: b'1' + CiphertextBlob, same context.

@@ -6,6 +6,7 @@ KMSPLUG_AWS_ENDPOINT                        endpoint URL override
 KMSPLUG_AWS_ENCRYPTION_CONTEXT              JSON or a=b,c=d
 KMSPLUG_AWS_TIMEOUT                         seconds per HTTP call (default 2)
 KMSPLUG_AWS_LEGACY_KEY_IDS                  comma-separated v2 key_ids of a previous plugin
+KMSPLUG_COMPAT                              aws: write aws-encryption-provider's format
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class AwsSettings:
     """Connect and read timeout of one HTTP call, in seconds."""
     legacy_key_ids: tuple[str, ...] = ()
     """v2 key_ids another plugin reported for this key (besides `key` itself)."""
+    compat_aws: bool = False
+    """Write exactly what aws-encryption-provider writes, under its key_id (`key`)."""
 
 
 def settings_from_env(env: Mapping[str, str]) -> AwsSettings:
@@ -47,4 +50,5 @@ def settings_from_env(env: Mapping[str, str]) -> AwsSettings:
         ),
         timeout=env_seconds(env, "KMSPLUG_AWS_TIMEOUT", "aws", 2.0),
         legacy_key_ids=env_list(env, "KMSPLUG_AWS_LEGACY_KEY_IDS"),
+        compat_aws=env_value(env, "KMSPLUG_COMPAT") == "aws",
     )

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import anyio
 
 from kmsplug.errors import InvalidCiphertext, KmsplugError, ProviderRefused, ProviderTransient
-from kmsplug.providers.base import KekProvider
+from kmsplug.providers.base import KekProvider, Secret
 from kmsplug.providers.pkcs11 import keys, mechanisms
 from kmsplug.providers.pkcs11.keys import KeyInfo, choose_writer
 from kmsplug.providers.pkcs11.mechanisms import (
@@ -124,9 +124,12 @@ class Pkcs11Kek(KekProvider):
 
     # -- wrap and unwrap ---------------------------------------------------------------
 
-    async def wrap(self, plaintext: bytes) -> bytes:
-        if not 0 < len(plaintext) <= MAX_WRAP_INPUT:
+    async def wrap(self, secret: Secret) -> bytes:
+        if not 0 < len(secret) <= MAX_WRAP_INPUT:
             raise ValueError(f"pkcs11 wraps 1 to {MAX_WRAP_INPUT} bytes")
+        # python-pkcs11 takes bytes only (it reads a bytearray as chunks): one copy that
+        # cannot be wiped, made here and dropped when the call returns (security.md).
+        plaintext = bytes(secret)
         writer = await self._current_writer()
         fp = writer.fingerprint
         note_call(key_version=fp.hex())

@@ -19,6 +19,7 @@ A KMSPLUG_VAULT_* name wins over the Vault one:
     KMSPLUG_VAULT_JWT_FILE                      JWT file (default: the pod's SA token)
     KMSPLUG_VAULT_TIMEOUT                       seconds per HTTP request (default 2)
     KMSPLUG_VAULT_LEGACY_KEY_IDS                comma-separated extra v2 key_ids to own
+    KMSPLUG_COMPAT                              vault: write vault-kubernetes-kms's format
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class VaultSettings:
     """v2 key_ids another plugin reported for this key (besides bare version numbers)."""
     legacy_version_key_ids: bool = True
     """Own the bare version numbers ("1", "2", ...) vault-kubernetes-kms reports as key_id."""
+    compat_vault: bool = False
+    """Write exactly what vault-kubernetes-kms writes: Transit text, the bare version as
+    key_id."""
 
     @property
     def method(self) -> str:
@@ -159,4 +163,5 @@ def settings_from_env(env: Mapping[str, str]) -> VaultSettings:
         ca_cert=env_value(env, "KMSPLUG_VAULT_CACERT", "VAULT_CACERT"),
         timeout=env_seconds(env, "KMSPLUG_VAULT_TIMEOUT", "vault", 2.0),
         legacy_key_ids=env_list(env, "KMSPLUG_VAULT_LEGACY_KEY_IDS"),
+        compat_vault=env_value(env, "KMSPLUG_COMPAT") == "vault",
     )

@@ -7,7 +7,13 @@ key_id is `vault:<mount>/<key>:v<latest_version>`: a Transit rotation makes a ne
 version, so a new key_id, never a reused one. wrap returns Transit's own ciphertext text
 (`vault:vN:<base64>`), which is also what FalcoSuessgott/vault-kubernetes-kms stored, so
 its ciphertexts (and its v2 key_ids, the bare version numbers "1", "2", ...) are
-recognised and decrypted through Transit as they are.
+recognised and decrypted through Transit as they are, as are the bare texts older kmsplug
+releases wrote in direct mode. kmsplug's direct mode now frames the text in kmsplug's
+format (mode 2); `--compat vault` writes the bare text under the peer's key_id (the bare
+version) for a rollback to vault-kubernetes-kms. The frame's key_id is not bound into
+Transit (its associated_data would do it, but a key_id made before a rotation names an
+older version than Transit used): a frame whose key_id was altered to another of this
+key's is read, as a bare text under any of this key's key_ids is.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from urllib.parse import quote
 import httpx
 
 from kmsplug.errors import InvalidCiphertext, ProviderRefused, ProviderTransient
-from kmsplug.providers.base import KekProvider
+from kmsplug.providers.base import KekProvider, Secret
 from kmsplug.providers.shared import note_call
 from kmsplug.providers.vault.auth import VaultAuth
 from kmsplug.providers.vault.connection import VaultConnection, data_of, server_of
@@ -77,6 +83,8 @@ class VaultKek(KekProvider):
 
     @property
     def key_id(self) -> str:
+        if self.settings.compat_vault:  # vault-kubernetes-kms's: the bare version
+            return str(self.key_version)
         version = f"v{self.key_version}" if self.key_version else "unknown"
         return self.settings.key_id_prefix + version
 
@@ -87,7 +95,11 @@ class VaultKek(KekProvider):
             return True
         if key_id in self.settings.legacy_key_ids:
             return True
-        return self.settings.legacy_version_key_ids and bool(_VERSION_NUMBER.fullmatch(key_id))
+        bare_versions = self.settings.legacy_version_key_ids or self.settings.compat_vault
+        return bare_versions and bool(_VERSION_NUMBER.fullmatch(key_id))
+
+    def writes_peer_format(self) -> bool:
+        return self.settings.compat_vault
 
     def claims_legacy(self, ciphertext: bytes) -> bool:
         return looks_like_transit_ciphertext(ciphertext)
@@ -149,7 +161,8 @@ class VaultKek(KekProvider):
         self._saw_version(meta.get("latest_version"))
         note_call(key_version=str(self.key_version))
 
-    async def wrap(self, plaintext: bytes) -> bytes:
+    async def wrap(self, plaintext: Secret) -> bytes:
+        # The JSON body needs text: this base64 str is a copy no one can wipe (security.md).
         data = await self._request(
             "encrypt", "POST", {"plaintext": base64.b64encode(plaintext).decode()}
         )
