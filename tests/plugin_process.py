@@ -30,7 +30,9 @@ class PluginProcess:
     log_offset: int = 0
     """Where this start's output begins in the log (a restart appends to the same file)."""
 
-    def start(self, timeout: float = 20.0) -> PluginProcess:
+    def start(self, timeout: float = 60.0) -> PluginProcess:
+        """Start and wait until it serves. A start takes about a second; on a loaded 2-core
+        machine the imports and the provider's start-up checks took more than 20 s."""
         command = [
             *self.program,
             "serve",

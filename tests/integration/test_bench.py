@@ -1,4 +1,9 @@
-"""`kmsplug bench` against a real plugin: counts add up, the DEK cache spares calls."""
+"""`kmsplug bench` against a real plugin: counts add up, the DEK cache spares calls.
+
+A run ends at `--max-requests` or `--duration`, whichever comes first. Where a test
+counts requests, the request cap ends the run and the duration is only the bound against
+a hang (RUN_BOUND): on a loaded machine a second is not enough for a few hundred calls.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ import subprocess
 import sys
 
 from plugin_process import PluginProcess
+
+#: `--duration` where the request cap must end the run: a bound, never reached when well
+#: (three workloads of one bench call still end within run_bench's 120 s timeout).
+RUN_BOUND = "30"
 
 
 def run_bench(plugin: PluginProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -30,7 +39,8 @@ def test_workloads_report_requests_latency_and_plugin_calls(plugin: PluginProces
     rows = bench(
         plugin,
         *("--workload", "v1-write", "--workload", "v1-read", "--workload", "v2-cold"),
-        *("--concurrency", "4", "--duration", "1", "--max-requests", "300", "--stored", "100"),
+        *("--concurrency", "4", "--duration", RUN_BOUND, "--max-requests", "300"),
+        *("--stored", "100"),
         *("--cache-size", "50"),
     )
     by = {row["workload"]: row for row in rows}
@@ -87,7 +97,7 @@ def test_cold_start_reads_every_stored_secret_once(plugin: PluginProcess) -> Non
 def test_bursts_fire_concurrency_requests_at_once(plugin: PluginProcess) -> None:
     (row,) = bench(
         plugin,
-        *("--workload", "v1-burst", "--concurrency", "25", "--duration", "1"),
+        *("--workload", "v1-burst", "--concurrency", "25", "--duration", RUN_BOUND),
         *("--burst-interval", "0.2", "--max-requests", "100"),
     )
     assert row["requests"] == 100 and row["errors"] == {}
@@ -99,7 +109,7 @@ def test_remote_calls_come_from_the_plugins_metrics(plugin: PluginProcess) -> No
     rows = bench(
         plugin,
         *("--workload", "v1-write", "--workload", "v2-cold", "--concurrency", "4"),
-        *("--duration", "1", "--max-requests", "200", "--stored", "50"),
+        *("--duration", RUN_BOUND, "--max-requests", "200", "--stored", "50"),
         *("--metrics-url", plugin.http_url + "/metrics"),
     )
     # the local key hierarchy answers every request: no remote KMS call at all
@@ -121,7 +131,7 @@ def test_an_unreachable_metrics_url_is_a_usage_error(plugin: PluginProcess) -> N
 def test_v2_writes_call_the_plugin_only_for_a_new_key_id(plugin: PluginProcess) -> None:
     (row,) = bench(
         plugin,
-        *("--workload", "v2-write", "--concurrency", "4", "--duration", "2"),
+        *("--workload", "v2-write", "--concurrency", "4", "--duration", RUN_BOUND),
         *("--max-requests", "2000", "--payload-size", "512"),
     )
     # one Status (the key_id), one Encrypt (the DEK seed), then every write sealed locally
@@ -134,5 +144,9 @@ def test_v2_writes_poll_status_on_the_interval(plugin: PluginProcess) -> None:
         *("--workload", "v2-write", "--concurrency", "1", "--duration", "1.05"),
         *("--status-interval", "0.25", "--max-requests", "1000000"),
     )
-    # Status at 0, 0.25, 0.5, 0.75, 1.0 s (+ the one Encrypt): the key_id never changed
-    assert 5 <= int(row["plugin_calls"]) <= 7  # type: ignore[call-overload]
+    # The key_id never changed: one Encrypt, the rest are Status polls. The next poll is
+    # due an interval after the last one answered, so a loaded machine makes fewer (a
+    # quiet one: 0, 0.25, 0.5, 0.75, 1.0 s); never more than one an interval, and the
+    # first is not the last.
+    polls = int(row["plugin_calls"]) - 1  # type: ignore[call-overload]
+    assert 2 <= polls <= float(row["seconds"]) / 0.25 + 1  # type: ignore[arg-type]
