@@ -11,50 +11,13 @@ from __future__ import annotations
 import os
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from kek_doubles import CountingKek as RevocableKek
 
 from kmsplug.errors import KeyRevoked, ProviderUnavailable
-from kmsplug.providers.base import KekProvider
 from kmsplug.sealer import Sealer
 from kmsplug.service import KeyService
 
 pytestmark = pytest.mark.anyio
-
-
-class RevocableKek(KekProvider):
-    """A stand-in remote KMS (real AES-GCM, counted calls) whose key an operator can
-    disable, or that can stop answering."""
-
-    kind = "test"
-
-    def __init__(self) -> None:
-        self._aead = AESGCM(os.urandom(32))
-        self.disabled = False
-        self.down = False
-        self.calls = {"wrap": 0, "unwrap": 0, "health": 0}
-
-    @property
-    def key_id(self) -> str:
-        return "test-key-1"
-
-    async def _remote(self, op: str) -> None:
-        self.calls[op] += 1
-        if self.down:
-            raise ProviderUnavailable("KMS did not answer in time")
-        if self.disabled:
-            raise KeyRevoked("key is disabled or pending deletion: re-enable it")
-
-    async def wrap(self, plaintext: bytes) -> bytes:
-        await self._remote("wrap")
-        nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, plaintext, b"wrap")
-
-    async def unwrap(self, wrapped: bytes) -> bytes:
-        await self._remote("unwrap")
-        return self._aead.decrypt(wrapped[:12], wrapped[12:], b"wrap")
-
-    async def health(self) -> None:
-        await self._remote("health")
 
 
 async def started() -> tuple[RevocableKek, KeyService]:

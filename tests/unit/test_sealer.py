@@ -8,53 +8,14 @@ import secrets
 import anyio
 import anyio.lowlevel
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from kek_doubles import CountingKek
 
 from kmsplug.core import RotationPolicy
 from kmsplug.errors import InvalidCiphertext, ProviderUnavailable, UnknownKeyId
-from kmsplug.providers.base import KekProvider
 from kmsplug.sealer import Sealer
 from kmsplug.service import KeyService
 
 pytestmark = pytest.mark.anyio
-
-
-class CountingKek(KekProvider):
-    """A stand-in remote KMS: real AES-256-GCM, call counters, optional latency and outage."""
-
-    kind = "test"
-
-    def __init__(self, key_id: str = "test-key-1", latency: float = 0.0) -> None:
-        self._key_id = key_id
-        self._aead = AESGCM(os.urandom(32))
-        self.latency = latency
-        self.down = False
-        self.calls = {"wrap": 0, "unwrap": 0, "health": 0}
-
-    @property
-    def key_id(self) -> str:
-        return self._key_id
-
-    def rotate_remote(self, key_id: str) -> None:
-        self._key_id = key_id
-
-    async def _remote(self, op: str) -> None:
-        self.calls[op] += 1
-        await anyio.sleep(self.latency)
-        if self.down:
-            raise ProviderUnavailable("down")
-
-    async def wrap(self, plaintext: bytes) -> bytes:
-        await self._remote("wrap")
-        nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, plaintext, b"wrap")
-
-    async def unwrap(self, wrapped: bytes) -> bytes:
-        await self._remote("unwrap")
-        return self._aead.decrypt(wrapped[:12], wrapped[12:], b"wrap")
-
-    async def health(self) -> None:
-        await self._remote("health")
 
 
 async def test_one_wrap_serves_many_seals() -> None:
