@@ -43,7 +43,7 @@ from static_pods import (  # noqa: E402
 
 from kmsplug.cluster.etcd import EtcdReader, EtcdTls  # noqa: E402
 
-from bed import _service_account_keys  # noqa: E402
+from bed import service_account_keys  # noqa: E402
 
 CGROUPS = Path("/sys/fs/cgroup")
 MIRROR_PODS = {f"{name}-{NODE_NAME}" for name in ("etcd", "kube-apiserver", "kmsplug")}
@@ -162,7 +162,7 @@ class ControlPlaneNode:
         self.pki = make_etcd_pki(self.workdir / "pki")
         self.files.mkdir(exist_ok=True)
         (self.files / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
-        _service_account_keys(self.files)
+        service_account_keys(self.files)
         # deploy/'s KMS v2 configuration as shipped: its socket path is the one the
         # apiserver pod sees through the shared hostPath.
         shutil.copy(DEPLOY / "encryption-config-v2.yaml", self.files / "encryption-config.yaml")
