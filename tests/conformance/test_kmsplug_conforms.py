@@ -31,14 +31,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from plugins_under_test import KMSPLUG, Plugin, Unavailable, running
+from plugins_under_test import BURST_ROWS, KMSPLUG, Plugin, Unavailable, running
 from run_helpers import conformance
 
 from kmsplug.conformance.rules import ALL
 
 pytestmark = pytest.mark.slow
-
-BURST_ROWS = ("v2.burst", "v2.burst.second_connection", "v1.burst", "v1.burst.second_connection")
 
 
 def remote_direct(plugin: Plugin) -> bool:

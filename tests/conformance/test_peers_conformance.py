@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugins_under_test import PEERS, Plugin, Unavailable, running
+from plugins_under_test import BURST_ROWS, PEERS, Plugin, Unavailable, running
 from publish import LOAD_ROW, read_published
 from run_helpers import Run, conformance
 
@@ -47,7 +47,6 @@ BURST_BEHAVIOUR = {
     # its shared health state still holds the refusals that came just before the burst
     "aws-encryption-provider": {"v2.burst.second_connection": "healthz 'err'"},
 }
-BURST_ROWS = ("v2.burst", "v2.burst.second_connection", "v1.burst", "v1.burst.second_connection")
 
 
 def expected_ids(plugin: Plugin) -> set[str]:
